@@ -1,0 +1,430 @@
+"""The cost ledger: every ``usage`` turned into dollars, with the counterfactual and the saving.
+
+For each call the ledger records what was billed, what the same call would have cost without
+haikucache (the *baseline*: realtime, no prompt caching, no response cache) and the saving split
+by cause:
+
+``response_cache``       a local hit: the whole baseline of the answer that was replayed
+``prompt_cache_read``    cache reads billed at 0.1× instead of 1× base input
+``cache_write_premium``  negative: 5-minute writes cost 1.25×, 1-hour writes 2×
+``batch_discount``       the Message Batches 50 % (it stacks on the cache multipliers)
+
+so that ``baseline - billed == sum(savings)`` for every entry.
+
+Totals are kept per (namespace, model, UTC day). :class:`MemoryLedger` keeps them in memory;
+:class:`DiskLedger` persists them with ``diskcache`` (safe across processes, private to the
+user) so ``haikucache report`` sees every run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+from ._catalog import (
+    BATCH_DISCOUNT,
+    CACHE_READ_MULTIPLIER,
+    CACHE_WRITE_1H_MULTIPLIER,
+    CACHE_WRITE_5M_MULTIPLIER,
+    lookup_model,
+)
+from ._clock import Clock, SystemClock
+from ._exceptions import ConfigurationError
+
+__all__ = [
+    "SAVING_CAUSES",
+    "Cost",
+    "DiskLedger",
+    "Ledger",
+    "LedgerEntry",
+    "LedgerTotals",
+    "MemoryLedger",
+    "TokenCounts",
+    "default_cache_dir",
+    "price_usage",
+]
+
+logger = logging.getLogger("haikucache")
+
+SAVING_CAUSES = ("response_cache", "prompt_cache_read", "cache_write_premium", "batch_discount")
+_PER_TOKEN = 1e-6
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    """The five kinds of token the API bills."""
+
+    input: int = 0
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
+    cache_read: int = 0
+    output: int = 0
+
+    @classmethod
+    def from_usage(cls, usage: Mapping[str, Any] | None) -> TokenCounts:
+        """Read a ``usage`` object as the API sends it.
+
+        ``cache_creation`` splits writes by TTL; when it is missing (older responses), all of
+        ``cache_creation_input_tokens`` counts as 5-minute writes.
+        """
+        if not usage:
+            return cls()
+
+        def num(mapping: Mapping[str, Any], name: str) -> int:
+            value = mapping.get(name)
+            return int(value) if isinstance(value, (int, float)) else 0
+
+        written = num(usage, "cache_creation_input_tokens")
+        split = usage.get("cache_creation")
+        if isinstance(split, Mapping):
+            w5 = num(split, "ephemeral_5m_input_tokens")
+            w1 = num(split, "ephemeral_1h_input_tokens")
+            if w5 + w1 != written:  # trust the total; attribute any gap to 5m
+                w5 = max(written - w1, 0)
+        else:
+            w5, w1 = written, 0
+        return cls(
+            input=num(usage, "input_tokens"),
+            cache_write_5m=w5,
+            cache_write_1h=w1,
+            cache_read=num(usage, "cache_read_input_tokens"),
+            output=num(usage, "output_tokens"),
+        )
+
+    @property
+    def total_input(self) -> int:
+        """Every input token, however billed."""
+        return self.input + self.cache_write_5m + self.cache_write_1h + self.cache_read
+
+    def __add__(self, other: TokenCounts) -> TokenCounts:
+        return TokenCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Dollars for one call: billed, baseline and the saving by cause."""
+
+    billed_usd: float
+    baseline_usd: float
+    savings: dict[str, float]
+    priced: bool
+
+    @property
+    def saved_usd(self) -> float:
+        return self.baseline_usd - self.billed_usd
+
+
+def price_usage(
+    model: str,
+    usage: Mapping[str, Any] | TokenCounts | None,
+    *,
+    batch: bool = False,
+    response_cache_hit: bool = False,
+) -> Cost:
+    """Turn a ``usage`` into dollars.
+
+    Args:
+        model: the model id (aliases, dated, Bedrock and Vertex ids are recognised).
+        usage: the API's ``usage`` object, or :class:`TokenCounts`.
+        batch: the call ran in a Message Batch (50 % off everything, stacking on cache prices).
+        response_cache_hit: the answer was replayed locally: nothing billed, and the saving is
+            the baseline of the original answer.
+
+    An unknown model costs 0 with ``priced=False`` (gateways use their own names; the caller
+    logs a warning).
+    """
+    tokens = usage if isinstance(usage, TokenCounts) else TokenCounts.from_usage(usage)
+    savings = dict.fromkeys(SAVING_CAUSES, 0.0)
+    info = lookup_model(model)
+    if info is None:
+        return Cost(0.0, 0.0, savings, priced=False)
+    base = info.input_usd_per_mtok * _PER_TOKEN
+    out = info.output_usd_per_mtok * _PER_TOKEN
+    baseline = tokens.total_input * base + tokens.output * out
+    if response_cache_hit:
+        savings["response_cache"] = baseline
+        return Cost(0.0, baseline, savings, priced=True)
+    with_caching = (
+        tokens.input * base
+        + tokens.cache_write_5m * base * CACHE_WRITE_5M_MULTIPLIER
+        + tokens.cache_write_1h * base * CACHE_WRITE_1H_MULTIPLIER
+        + tokens.cache_read * base * CACHE_READ_MULTIPLIER
+        + tokens.output * out
+    )
+    savings["prompt_cache_read"] = tokens.cache_read * base * (1 - CACHE_READ_MULTIPLIER)
+    savings["cache_write_premium"] = -(
+        tokens.cache_write_5m * base * (CACHE_WRITE_5M_MULTIPLIER - 1)
+        + tokens.cache_write_1h * base * (CACHE_WRITE_1H_MULTIPLIER - 1)
+    )
+    billed = with_caching
+    if batch:
+        billed = with_caching * BATCH_DISCOUNT
+        savings["batch_discount"] = with_caching - billed
+    return Cost(billed, baseline, savings, priced=True)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One call as the ledger saw it."""
+
+    time: float
+    namespace: str
+    model: str
+    cache: str  # "miss" | "hit" | "semantic" | "bypass"
+    tokens: TokenCounts
+    cost: Cost
+    batch: bool = False
+
+    @property
+    def day(self) -> str:
+        return _dt.datetime.fromtimestamp(self.time, _dt.timezone.utc).date().isoformat()
+
+
+@dataclass
+class LedgerTotals:
+    """Sums over many calls (one (namespace, model, day) bucket, or any merge of them)."""
+
+    namespace: str = "*"
+    model: str = "*"
+    day: str = "*"
+    calls: int = 0
+    response_cache_hits: int = 0
+    batch_calls: int = 0
+    unpriced_calls: int = 0
+    input_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    cache_read_tokens: int = 0
+    output_tokens: int = 0
+    billed_usd: float = 0.0
+    baseline_usd: float = 0.0
+    savings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SAVING_CAUSES, 0.0))
+
+    @property
+    def saved_usd(self) -> float:
+        return self.baseline_usd - self.billed_usd
+
+    @property
+    def saved_fraction(self) -> float:
+        """Share of the baseline that was not billed (0 when nothing was spent)."""
+        return self.saved_usd / self.baseline_usd if self.baseline_usd else 0.0
+
+    def add(self, entry: LedgerEntry) -> None:
+        self.calls += 1
+        self.response_cache_hits += entry.cache in ("hit", "semantic")
+        self.batch_calls += entry.batch
+        self.unpriced_calls += not entry.cost.priced
+        t = entry.tokens
+        self.input_tokens += t.input
+        self.cache_write_5m_tokens += t.cache_write_5m
+        self.cache_write_1h_tokens += t.cache_write_1h
+        self.cache_read_tokens += t.cache_read
+        self.output_tokens += t.output
+        self.billed_usd += entry.cost.billed_usd
+        self.baseline_usd += entry.cost.baseline_usd
+        for cause, usd in entry.cost.savings.items():
+            self.savings[cause] = self.savings.get(cause, 0.0) + usd
+
+    def merge(self, other: LedgerTotals) -> None:
+        for f in fields(self):
+            if f.name in ("namespace", "model", "day"):
+                if getattr(self, f.name) != getattr(other, f.name):
+                    setattr(self, f.name, "*")
+            elif f.name == "savings":
+                for cause, usd in other.savings.items():
+                    self.savings[cause] = self.savings.get(cause, 0.0) + usd
+            else:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["saved_usd"] = self.saved_usd
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LedgerTotals:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class Ledger(Protocol):
+    """Where the engine records calls. Implementations must be thread-safe."""
+
+    def record(self, entry: LedgerEntry) -> None: ...
+
+    def totals(self) -> list[LedgerTotals]:
+        """One :class:`LedgerTotals` per (namespace, model, day), oldest day first."""
+        ...
+
+    def clear(self) -> None: ...
+
+
+def summarize(buckets: Iterable[LedgerTotals], **match: str) -> LedgerTotals:
+    """Merge buckets, keeping only those whose namespace/model/day equal ``match``."""
+    total = LedgerTotals()
+    first = True
+    for bucket in buckets:
+        if any(getattr(bucket, k) != v for k, v in match.items()):
+            continue
+        if first:
+            total = LedgerTotals.from_dict(bucket.to_dict())
+            first = False
+        else:
+            total.merge(bucket)
+    return total
+
+
+class _BucketLedger:
+    """Shared aggregation for the in-memory and on-disk ledgers."""
+
+    _warned_models: set[str]
+
+    def _warn_unpriced(self, entry: LedgerEntry) -> None:
+        if not entry.cost.priced and entry.model not in self._warned_models:
+            self._warned_models.add(entry.model)
+            logger.warning(
+                "haikucache: no price known for model %r; its calls are recorded with $0",
+                entry.model,
+            )
+
+
+class MemoryLedger(_BucketLedger):
+    """A ledger kept in memory (tests, short scripts). Keeps the last ``keep`` entries too."""
+
+    def __init__(self, *, keep: int = 10_000) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[tuple[str, str, str], LedgerTotals] = {}
+        self._entries: list[LedgerEntry] = []
+        self._keep = keep
+        self._warned_models = set()
+
+    def record(self, entry: LedgerEntry) -> None:
+        self._warn_unpriced(entry)
+        key = (entry.namespace, entry.model, entry.day)
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = LedgerTotals(*key)
+            bucket.add(entry)
+            self._entries.append(entry)
+            if len(self._entries) > self._keep:
+                del self._entries[: len(self._entries) - self._keep]
+
+    @property
+    def entries(self) -> list[LedgerEntry]:
+        """The most recent entries, oldest first."""
+        with self._lock:
+            return list(self._entries)
+
+    def totals(self) -> list[LedgerTotals]:
+        with self._lock:
+            return sorted(
+                (LedgerTotals.from_dict(b.to_dict()) for b in self._buckets.values()),
+                key=lambda b: (b.day, b.namespace, b.model),
+            )
+
+    def clear(self) -> None:
+        with self._lock:
+            self._buckets.clear()
+            self._entries.clear()
+
+
+def default_cache_dir() -> Path:
+    """``$HAIKUCACHE_HOME``, else ``$XDG_CACHE_HOME/haikucache``, else ``~/.cache/haikucache``."""
+    home = os.environ.get("HAIKUCACHE_HOME")
+    if home:
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "haikucache"
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create ``path`` readable by the user only (cache files may hold prompts and answers)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.chmod(0o700)
+    except OSError as exc:  # e.g. a directory owned by someone else
+        raise ConfigurationError(f"cannot make {path} private to the user: {exc}") from exc
+    return path
+
+
+class DiskLedger(_BucketLedger):
+    """A ledger persisted with ``diskcache`` (one SQLite file; many processes may share it).
+
+    Args:
+        directory: where to keep it (default: ``default_cache_dir() / "ledger"``); created
+            private to the user.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        import diskcache
+
+        path = Path(directory) if directory is not None else default_cache_dir() / "ledger"
+        self.directory = make_private_dir(path)
+        old_umask = os.umask(0o077)
+        try:
+            self._cache = diskcache.Cache(str(self.directory))
+        finally:
+            os.umask(old_umask)
+        self._warned_models = set()
+
+    def record(self, entry: LedgerEntry) -> None:
+        self._warn_unpriced(entry)
+        key = ("totals", entry.namespace, entry.model, entry.day)
+        try:
+            with self._cache.transact():
+                data = self._cache.get(key)
+                bucket = (
+                    LedgerTotals.from_dict(data)
+                    if data
+                    else LedgerTotals(entry.namespace, entry.model, entry.day)
+                )
+                bucket.add(entry)
+                self._cache.set(key, bucket.to_dict())
+        except Exception as exc:  # a ledger failure must never fail the LLM call
+            logger.warning("haikucache: could not write the ledger at %s: %s", self.directory, exc)
+
+    def totals(self) -> list[LedgerTotals]:
+        buckets = []
+        for key in self._cache.iterkeys():
+            if isinstance(key, tuple) and key and key[0] == "totals":
+                data = self._cache.get(key)
+                if data:
+                    buckets.append(LedgerTotals.from_dict(data))
+        return sorted(buckets, key=lambda b: (b.day, b.namespace, b.model))
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+def now_entry(
+    clock: Clock | None,
+    *,
+    namespace: str,
+    model: str,
+    cache: str,
+    usage: Mapping[str, Any] | None,
+    batch: bool = False,
+) -> LedgerEntry:
+    """Build the :class:`LedgerEntry` for a call that just finished."""
+    tokens = TokenCounts.from_usage(usage)
+    hit = cache in ("hit", "semantic")
+    cost = price_usage(model, tokens, batch=batch, response_cache_hit=hit)
+    return LedgerEntry(
+        time=(clock or SystemClock()).now(),
+        namespace=namespace,
+        model=model,
+        cache=cache,
+        tokens=tokens,
+        cost=cost,
+        batch=batch,
+    )
