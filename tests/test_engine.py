@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from haikucache import CallOptions, ConfigurationError, Engine, MemoryLedger, RequestValidationError, request_key
+from haikucache import (
+    CallOptions,
+    ConfigurationError,
+    Engine,
+    MemoryLedger,
+    RequestValidationError,
+    request_key,
+)
 from haikucache._engine import namespace_for
 
-REQUEST = {"model": "claude-haiku-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}]}
+REQUEST = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "Hi"}],
+}
 
 
 def test_prepare_validates_keys_and_drops_nones() -> None:
@@ -43,7 +54,10 @@ def test_record_accounts_the_call() -> None:
     ledger = MemoryLedger()
     engine = Engine(namespace="n", ledger=ledger)
     call = engine.prepare(REQUEST)
-    info = engine.record(call, {"usage": {"input_tokens": 1000, "cache_read_input_tokens": 9000, "output_tokens": 100}})
+    info = engine.record(
+        call,
+        {"usage": {"input_tokens": 1000, "cache_read_input_tokens": 9000, "output_tokens": 100}},
+    )
     assert info.cache == "miss" and info.key == call.key
     assert info.cost_usd == pytest.approx(1000e-6 + 9000e-7 + 100 * 5e-6)
     assert info.baseline_usd == pytest.approx(10_000e-6 + 100 * 5e-6)

@@ -35,9 +35,9 @@ def test_key_format_is_versioned_and_stable() -> None:
     assert key.startswith(f"{KEY_VERSION}:")
     assert len(key.split(":", 1)[1]) == 32
     # Pinned: a change to canonicalisation must bump KEY_VERSION, or stored entries are misread.
-    assert request_key({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}) == (
-        "hc1:b934b331325e288bb2e732f07b00124a"
-    )
+    assert request_key(
+        {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    ) == ("hc1:b934b331325e288bb2e732f07b00124a")
 
 
 def test_exactly_the_documented_fields_are_ignored() -> None:
@@ -50,7 +50,13 @@ def test_exactly_the_documented_fields_are_ignored() -> None:
 
 def test_markers_anywhere_do_not_change_the_key() -> None:
     marked = body(
-        tools=[{"name": "t", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        tools=[
+            {
+                "name": "t",
+                "input_schema": {"type": "object"},
+                "cache_control": {"type": "ephemeral", "ttl": "1h"},
+            }
+        ],
         system=[{"type": "text", "text": "You are terse.", "cache_control": MARK}],
     )
     marked["messages"][1]["content"][0]["cache_control"] = MARK
@@ -66,8 +72,14 @@ def test_markers_inside_tool_results_do_not_change_the_key() -> None:
         return body(
             messages=[
                 {"role": "user", "content": "q"},
-                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
-                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [inner]}]},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+                },
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [inner]}],
+                },
             ]
         )
 
@@ -78,11 +90,22 @@ def test_a_property_named_cache_control_in_a_schema_or_tool_input_is_kept() -> N
     def with_schema(props: dict[str, Any]) -> dict[str, Any]:
         return body(tools=[{"name": "t", "input_schema": {"type": "object", "properties": props}}])
 
-    assert request_key(with_schema({"cache_control": {"type": "string"}})) != request_key(with_schema({}))
+    assert request_key(with_schema({"cache_control": {"type": "string"}})) != request_key(
+        with_schema({})
+    )
     use = {"type": "tool_use", "id": "t1", "name": "t", "input": {"cache_control": "x"}}
     other = {"type": "tool_use", "id": "t1", "name": "t", "input": {}}
-    assert request_key(body(messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": [use]}])) != (
-        request_key(body(messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": [other]}]))
+    assert request_key(
+        body(messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": [use]}])
+    ) != (
+        request_key(
+            body(
+                messages=[
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": [other]},
+                ]
+            )
+        )
     )
 
 
@@ -117,8 +140,14 @@ def test_block_order_matters_and_is_never_changed() -> None:
 
 def test_canonicalisation_never_mutates_reorders_or_moves_markers() -> None:
     request = body(
-        tools=[{"name": "b", "input_schema": {"type": "object"}}, {"name": "a", "input_schema": {"type": "object"}, "cache_control": MARK}],
-        system=[{"type": "text", "text": "S1"}, {"type": "text", "text": "S2", "cache_control": MARK}],
+        tools=[
+            {"name": "b", "input_schema": {"type": "object"}},
+            {"name": "a", "input_schema": {"type": "object"}, "cache_control": MARK},
+        ],
+        system=[
+            {"type": "text", "text": "S1"},
+            {"type": "text", "text": "S2", "cache_control": MARK},
+        ],
     )
     request["messages"][2]["content"][0]["cache_control"] = {"type": "ephemeral", "ttl": "5m"}
     before = json.dumps(request)  # key order included: dumps without sort_keys
@@ -143,7 +172,9 @@ def test_integral_floats_equal_ints() -> None:
 
 def test_namespace_is_part_of_every_key() -> None:
     assert request_key(body(), namespace="tenant-a") != request_key(body(), namespace="tenant-b")
-    assert partition_key(body(), namespace="tenant-a") != partition_key(body(), namespace="tenant-b")
+    assert partition_key(body(), namespace="tenant-a") != partition_key(
+        body(), namespace="tenant-b"
+    )
 
 
 def test_partition_ignores_only_the_last_user_text() -> None:
@@ -163,43 +194,81 @@ def test_no_partition_when_the_last_turn_is_not_plain_user_text() -> None:
     tool_turn = body(
         messages=[
             {"role": "user", "content": "q"},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "42"}]},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "42"}],
+            },
         ]
     )
     assert partition_key(tool_turn) is None
-    image = body(messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "u"}}]}])
+    image = body(
+        messages=[
+            {"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "u"}}]}
+        ]
+    )
     assert partition_key(image) is None
-    prefill = body(messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "The answer is"}])
+    prefill = body(
+        messages=[
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "The answer is"},
+        ]
+    )
     assert partition_key(prefill) is None
 
 
 # The key is computed from a framed encoding streamed from the request (for speed); it must
 # agree with the canonical JSON: equal keys exactly when the canonical JSON is equal.
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8)
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(st.text(max_size=5), children, max_size=3)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
     max_leaves=10,
 )
 blocks = st.one_of(
-    st.builds(lambda t, m: {"type": "text", "text": t, **({"cache_control": MARK} if m else {})}, st.text(min_size=1, max_size=6), st.booleans()),
-    st.dictionaries(st.sampled_from(["type", "text", "input", "cache_control", "x"]), json_values, max_size=4),
+    st.builds(
+        lambda t, m: {"type": "text", "text": t, **({"cache_control": MARK} if m else {})},
+        st.text(min_size=1, max_size=6),
+        st.booleans(),
+    ),
+    st.dictionaries(
+        st.sampled_from(["type", "text", "input", "cache_control", "x"]), json_values, max_size=4
+    ),
 )
 contents = st.one_of(st.text(max_size=6), st.lists(blocks, max_size=3))
 requests = st.fixed_dictionaries(
     {
         "model": st.sampled_from(["claude-haiku-4-5", "m"]),
         "max_tokens": st.integers(1, 3),
-        "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": contents}), min_size=1, max_size=3),
+        "messages": st.lists(
+            st.fixed_dictionaries(
+                {"role": st.sampled_from(["user", "assistant"]), "content": contents}
+            ),
+            min_size=1,
+            max_size=3,
+        ),
     },
     optional={
         "system": contents,
         "stream": st.booleans(),
         "temperature": st.sampled_from([0, 0.0, 0.5, 1, 1.0]),
-        "tools": st.lists(st.dictionaries(st.sampled_from(["name", "input_schema", "cache_control"]), json_values, max_size=3), max_size=2),
+        "tools": st.lists(
+            st.dictionaries(
+                st.sampled_from(["name", "input_schema", "cache_control"]), json_values, max_size=3
+            ),
+            max_size=2,
+        ),
         "extra": json_values,
     },
 )
@@ -210,7 +279,9 @@ requests = st.fixed_dictionaries(
 def test_key_equality_agrees_with_canonical_json(a: dict[str, Any], b: dict[str, Any]) -> None:
     def norm(text: str) -> Any:
         # JSON cannot tell 1 from 1.0 apart once parsed back as numbers; neither does the key.
-        return json.loads(text, parse_float=lambda s: float(s) if not float(s).is_integer() else int(float(s)))
+        return json.loads(
+            text, parse_float=lambda s: float(s) if not float(s).is_integer() else int(float(s))
+        )
 
     same_json = norm(canonical_json(a)) == norm(canonical_json(b))
     assert (request_key(a) == request_key(b)) == same_json

@@ -50,7 +50,11 @@ def test_price_table_matches_the_reference(model: str, inp: float, out: float) -
 def test_haiku_limits() -> None:
     info = lookup_model("claude-haiku-4-5-20251001")
     assert info is not None
-    assert (info.max_output_tokens, info.context_window, info.min_cacheable_tokens) == (64_000, 200_000, 4096)
+    assert (info.max_output_tokens, info.context_window, info.min_cacheable_tokens) == (
+        64_000,
+        200_000,
+        4096,
+    )
 
 
 @pytest.mark.parametrize(
@@ -73,7 +77,9 @@ def test_haiku_billing(tokens: dict[str, object], batch: bool, billed: float) ->
 
 
 def test_savings_add_up_to_baseline_minus_billed() -> None:
-    cost = price_usage("claude-haiku-4-5", usage(inp=100, w5=5000, w1=3000, read=20000, out=400), batch=True)
+    cost = price_usage(
+        "claude-haiku-4-5", usage(inp=100, w5=5000, w1=3000, read=20000, out=400), batch=True
+    )
     baseline = (100 + 5000 + 3000 + 20000) * 1e-6 + 400 * 5e-6
     assert cost.baseline_usd == pytest.approx(baseline)
     assert sum(cost.savings.values()) == pytest.approx(cost.baseline_usd - cost.billed_usd)
@@ -89,7 +95,9 @@ def test_a_response_cache_hit_saves_the_whole_baseline() -> None:
 
 
 def test_usage_without_the_ttl_split_counts_writes_as_five_minutes() -> None:
-    counts = TokenCounts.from_usage({"input_tokens": 1, "cache_creation_input_tokens": 10, "output_tokens": 2})
+    counts = TokenCounts.from_usage(
+        {"input_tokens": 1, "cache_creation_input_tokens": 10, "output_tokens": 2}
+    )
     assert (counts.cache_write_5m, counts.cache_write_1h) == (10, 0)
 
 
@@ -97,7 +105,9 @@ def test_unknown_models_cost_nothing_and_warn_once(caplog: pytest.LogCaptureFixt
     ledger = MemoryLedger()
     caplog.set_level(logging.WARNING, logger="haikucache")
     for _ in range(3):
-        ledger.record(now_entry(None, namespace="n", model="gateway-model", cache="miss", usage=usage(inp=10)))
+        ledger.record(
+            now_entry(None, namespace="n", model="gateway-model", cache="miss", usage=usage(inp=10))
+        )
     total = summarize(ledger.totals())
     assert total.calls == 3 and total.unpriced_calls == 3 and total.billed_usd == 0
     assert [r.getMessage() for r in caplog.records].count(
@@ -116,8 +126,15 @@ def test_totals_per_namespace_model_and_day() -> None:
         def now(self) -> float:
             return self.t
 
-    for t, ns, model in [(day, "a", "claude-haiku-4-5"), (day, "a", "claude-haiku-4-5"), (day, "b", "claude-haiku-4-5"), (day + 86400, "a", "claude-haiku-4-5")]:
-        ledger.record(now_entry(At(t), namespace=ns, model=model, cache="miss", usage=usage(inp=1000, out=10)))
+    for t, ns, model in [
+        (day, "a", "claude-haiku-4-5"),
+        (day, "a", "claude-haiku-4-5"),
+        (day, "b", "claude-haiku-4-5"),
+        (day + 86400, "a", "claude-haiku-4-5"),
+    ]:
+        ledger.record(
+            now_entry(At(t), namespace=ns, model=model, cache="miss", usage=usage(inp=1000, out=10))
+        )
     buckets = ledger.totals()
     assert [(b.day, b.namespace, b.calls) for b in buckets] == [
         ("2025-11-20", "a", 2),

@@ -94,7 +94,9 @@ def test_roles() -> None:
 
 
 def test_content_blocks() -> None:
-    rejects(body(messages=[{"role": "user", "content": [{"text": "x"}]}]), "messages.0.content.0.type")
+    rejects(
+        body(messages=[{"role": "user", "content": [{"text": "x"}]}]), "messages.0.content.0.type"
+    )
     rejects(
         body(messages=[{"role": "user", "content": [{"type": "text", "text": ""}]}]),
         "messages.0.content.0.text",
@@ -103,7 +105,10 @@ def test_content_blocks() -> None:
     rejects(
         body(
             messages=[
-                {"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "n", "input": {}}]}
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_use", "id": "t", "name": "n", "input": {}}],
+                }
             ]
         ),
         "messages.0.content.0",
@@ -126,19 +131,30 @@ def test_more_than_four_markers_counting_the_top_level_one() -> None:
         messages=[{"role": "user", "content": [marked, marked]}],
         cache_control={"type": "ephemeral"},
     )
-    rejects(request, "cache_control", "A maximum of 4 blocks with cache_control may be provided. Found 5.")
+    rejects(
+        request,
+        "cache_control",
+        "A maximum of 4 blocks with cache_control may be provided. Found 5.",
+    )
     del request["cache_control"]
     validate_request(request)
 
 
 def test_a_marker_on_the_last_block_inside_a_tool_result_counts() -> None:
     marked = {"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}
-    tool_result = {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "r"}, marked]}
+    tool_result = {
+        "type": "tool_result",
+        "tool_use_id": "t1",
+        "content": [{"type": "text", "text": "r"}, marked],
+    }
     request = body(
         system=[marked, marked, marked, marked],
         messages=[
             {"role": "user", "content": "go"},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+            },
             {"role": "user", "content": [tool_result]},
         ],
     )
@@ -147,11 +163,18 @@ def test_a_marker_on_the_last_block_inside_a_tool_result_counts() -> None:
 
 def test_a_marker_on_an_inner_block_other_than_the_last_is_rejected() -> None:
     marked = {"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}
-    tool_result = {"type": "tool_result", "tool_use_id": "t1", "content": [marked, {"type": "text", "text": "r"}]}
+    tool_result = {
+        "type": "tool_result",
+        "tool_use_id": "t1",
+        "content": [marked, {"type": "text", "text": "r"}],
+    }
     request = body(
         messages=[
             {"role": "user", "content": "go"},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+            },
             {"role": "user", "content": [tool_result]},
         ],
     )
@@ -163,12 +186,18 @@ def test_one_hour_after_five_minutes_is_rejected_in_prefix_order() -> None:
     hour = {"type": "ephemeral", "ttl": "1h"}
     tool = {"name": "t", "input_schema": {"type": "object"}}
     rejects(
-        body(tools=[{**tool, "cache_control": five}], system=[{"type": "text", "text": "s", "cache_control": hour}]),
+        body(
+            tools=[{**tool, "cache_control": five}],
+            system=[{"type": "text", "text": "s", "cache_control": hour}],
+        ),
         "system.0.cache_control",
         "must not come after",
     )
     validate_request(
-        body(tools=[{**tool, "cache_control": hour}], system=[{"type": "text", "text": "s", "cache_control": five}])
+        body(
+            tools=[{**tool, "cache_control": hour}],
+            system=[{"type": "text", "text": "s", "cache_control": five}],
+        )
     )
 
 
@@ -178,7 +207,11 @@ def test_marker_shapes() -> None:
         "system.0.cache_control",
     )
     rejects(
-        body(system=[{"type": "text", "text": "s", "cache_control": {"type": "ephemeral", "ttl": "2h"}}]),
+        body(
+            system=[
+                {"type": "text", "text": "s", "cache_control": {"type": "ephemeral", "ttl": "2h"}}
+            ]
+        ),
         "system.0.cache_control.ttl",
     )
 
@@ -189,7 +222,12 @@ def test_markers_on_empty_text_and_thinking_blocks() -> None:
         "system.0.text",
         "non-empty",
     )
-    thinking = {"type": "thinking", "thinking": "hmm", "signature": "sig", "cache_control": {"type": "ephemeral"}}
+    thinking = {
+        "type": "thinking",
+        "thinking": "hmm",
+        "signature": "sig",
+        "cache_control": {"type": "ephemeral"},
+    }
     rejects(
         body(
             messages=[
@@ -210,8 +248,14 @@ def test_markers_on_empty_text_and_thinking_blocks() -> None:
         ({"name": "x" * 65, "input_schema": {"type": "object"}}, "tools.0.name"),
         ({"name": "ok"}, "tools.0.input_schema"),
         ({"name": "ok", "input_schema": {"type": "array"}}, "tools.0.input_schema.type"),
-        ({"name": "ok", "input_schema": {"type": "object", "properties": []}}, "tools.0.input_schema.properties"),
-        ({"name": "ok", "input_schema": {"type": "object", "required": "a"}}, "tools.0.input_schema.required"),
+        (
+            {"name": "ok", "input_schema": {"type": "object", "properties": []}},
+            "tools.0.input_schema.properties",
+        ),
+        (
+            {"name": "ok", "input_schema": {"type": "object", "required": "a"}},
+            "tools.0.input_schema.required",
+        ),
     ],
 )
 def test_malformed_tool_schemas(tool: dict[str, Any], param: str) -> None:
@@ -219,7 +263,9 @@ def test_malformed_tool_schemas(tool: dict[str, Any], param: str) -> None:
 
 
 def test_server_tools_are_not_schema_checked() -> None:
-    validate_request(body(tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]))
+    validate_request(
+        body(tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}])
+    )
 
 
 def test_duplicate_tool_names_and_tool_choice() -> None:
@@ -241,7 +287,10 @@ def test_sampling_parameters_depend_on_the_api_version() -> None:
 
 def test_thinking_budget() -> None:
     rejects(body(thinking={"type": "enabled", "budget_tokens": 512}), "thinking.budget_tokens")
-    rejects(body(max_tokens=2000, thinking={"type": "enabled", "budget_tokens": 2000}), "thinking.budget_tokens")
+    rejects(
+        body(max_tokens=2000, thinking={"type": "enabled", "budget_tokens": 2000}),
+        "thinking.budget_tokens",
+    )
 
 
 def test_count_tokens_bodies_need_no_max_tokens() -> None:

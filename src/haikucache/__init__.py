@@ -5,9 +5,18 @@ The public API is what ``__all__`` lists; every other module is private.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+from . import types
 from ._catalog import DEFAULT_MODEL, ModelInfo, known_models, lookup_model
+from ._client import (
+    AsyncBatchResults,
+    AsyncClient,
+    AsyncMessageStream,
+    AsyncPage,
+    BatchResults,
+    Client,
+    MessageStream,
+    SyncPage,
+)
 from ._clock import Clock, ManualClock, SystemClock
 from ._engine import CallInfo, CallOptions, Engine, PreparedCall, default_ledger
 from ._exceptions import (
@@ -52,21 +61,9 @@ from ._ledger import (
     default_cache_dir,
     price_usage,
 )
+from ._types import Message
+from ._version import __version__
 from ._wire import MessageCreateParams, MessageParam, validate_request
-
-if TYPE_CHECKING:
-    from ._client import AsyncClient, Client
-
-__version__ = "0.1.0"
-
-
-def __getattr__(name: str) -> Any:  # pragma: no cover - replaced when the client lands
-    if name in ("Client", "AsyncClient"):
-        from . import _client
-
-        return getattr(_client, name)
-    raise AttributeError(f"module 'haikucache' has no attribute {name!r}")
-
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -75,7 +72,10 @@ __all__ = [
     "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
+    "AsyncBatchResults",
     "AsyncClient",
+    "AsyncMessageStream",
+    "AsyncPage",
     "AuthenticationError",
     "BadRequestError",
     "BatchError",
@@ -83,6 +83,7 @@ __all__ = [
     "BatchItemError",
     "BatchItemErroredError",
     "BatchItemExpiredError",
+    "BatchResults",
     "BillingError",
     "CacheStoreError",
     "CallInfo",
@@ -102,8 +103,10 @@ __all__ = [
     "LedgerTotals",
     "ManualClock",
     "MemoryLedger",
+    "Message",
     "MessageCreateParams",
     "MessageParam",
+    "MessageStream",
     "MissingDependencyError",
     "ModelInfo",
     "NotFoundError",
@@ -113,6 +116,7 @@ __all__ = [
     "RateLimitError",
     "RequestTooLargeError",
     "RequestValidationError",
+    "SyncPage",
     "SystemClock",
     "TokenCounts",
     "UnprocessableEntityError",
@@ -127,5 +131,6 @@ __all__ = [
     "partition_key",
     "price_usage",
     "request_key",
+    "types",
     "validate_request",
 ]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from importlib import metadata
 
-import langchain_haikucache
 from packaging.requirements import Requirement
+
+import langchain_haikucache
 
 
 def test_package_imports_with_its_declared_dependencies() -> None:

@@ -6,6 +6,7 @@ from importlib import metadata
 from pathlib import Path
 
 import llama_index.core
+
 import llama_index.llms.haikucache as integration
 
 

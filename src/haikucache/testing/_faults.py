@@ -1,0 +1,115 @@
+"""Fault injection: make the emulator fail the way the real API (or the network) does."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+__all__ = ["FAULT_KINDS", "Fault", "FaultSet"]
+
+FAULT_KINDS = frozenset(
+    {
+        "rate_limit",
+        "overloaded",
+        "server_error",
+        "status",
+        "drop",
+        "stream_error",
+        "stream_cut",
+        "latency",
+    }
+)
+
+
+@dataclass
+class Fault:
+    """One injected fault; returned by :meth:`Emulator.inject`.
+
+    Attributes:
+        kind: ``"rate_limit"`` (429 with ``retry-after``), ``"overloaded"`` (529),
+            ``"server_error"`` (500), ``"status"`` (any ``status``), ``"drop"`` (the
+            connection is closed without an answer), ``"stream_error"`` (a 200 stream that
+            sends ``after_events`` events and then an ``error`` event with
+            ``overloaded_error``), ``"stream_cut"`` (a 200 stream whose connection is cut
+            after ``after_events`` events) or ``"latency"`` (``seconds`` of added delay;
+            combines with the others).
+        endpoint: the endpoint name it applies to (``"messages"``, ``"count_tokens"``,
+            ``"batches.create"`` …) or ``"*"`` for every endpoint.
+        times: how many more requests it applies to; ``None`` means forever.
+        status: the HTTP status for ``"status"`` (and optionally overrides the others').
+        retry_after: value of the ``retry-after`` header, in seconds.
+        retry_after_ms: value of the ``retry-after-ms`` header, in milliseconds.
+        after_events: for the stream faults, how many events are sent before failing.
+        seconds: for ``"latency"``, the delay added before the response.
+        hits: how many requests it has been applied to so far.
+    """
+
+    kind: str
+    endpoint: str = "messages"
+    times: int | None = 1
+    status: int | None = None
+    retry_after: float | None = None
+    retry_after_ms: float | None = None
+    after_events: int = 3
+    seconds: float = 0.0
+    hits: int = 0
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    @property
+    def active(self) -> bool:
+        """Whether it will still apply to a future request."""
+        return self.times is None or self.times > 0
+
+    def matches(self, endpoint: str, *, streaming: bool) -> bool:
+        """Whether it applies to a request for ``endpoint`` (stream faults need a stream)."""
+        if self.endpoint not in ("*", endpoint):
+            return False
+        if self.kind in ("stream_error", "stream_cut") and not streaming:
+            return False
+        return self.active
+
+    def consume(self) -> bool:
+        """Use up one application; ``False`` if another thread used the last one first."""
+        with self._lock:
+            if not self.active:
+                return False
+            if self.times is not None:
+                self.times -= 1
+            self.hits += 1
+            return True
+
+
+class FaultSet:
+    """The faults of one emulator, applied first-in first-out."""
+
+    def __init__(self) -> None:
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+
+    def add(self, fault: Fault) -> Fault:
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def take(self, endpoint: str, *, streaming: bool) -> tuple[Fault | None, float]:
+        """The fault to apply to this request (if any) and the latency to add."""
+        with self._lock:
+            faults = [f for f in self._faults if f.active]
+            self._faults = faults
+        delay = 0.0
+        chosen: Fault | None = None
+        for fault in faults:
+            if not fault.matches(endpoint, streaming=streaming):
+                continue
+            if fault.kind == "latency":
+                if fault.consume():
+                    delay += fault.seconds
+            elif chosen is None and fault.consume():
+                chosen = fault
+        return chosen, delay
