@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
-
-import httpx
 
 import haikucache
 from haikucache import Client, Engine, MemoryLedger, request_key
@@ -187,28 +188,45 @@ def bench_roundtrip(runs: int) -> dict[str, float]:
 
 
 def bench_loopback(total: int, threads: int = 4) -> dict[str, float]:
-    emulator = Emulator()
-    body = json.dumps(SMALL).encode()
-    headers = {
-        "x-api-key": "bench",
-        "anthropic-version": "2023-06-01",
-        "content-type": "application/json",
-    }
-    errors = 0
-    lock = threading.Lock()
-    with emulator.serve() as base_url:
-        url = f"{base_url}/v1/messages"
+    """The loopback server in its own process (as `haikucache emulator` runs it), driven by
+    keep-alive clients from this one, so client and server do not share a GIL. The clients use
+    the stdlib's http.client: lighter than httpx, so the figure measures the server."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "haikucache", "emulator", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline()
+        base_url = first.rsplit(" ", 1)[-1].strip()
+        if not base_url.startswith("http://"):
+            raise RuntimeError(f"the emulator did not start: {first!r}")
+        body = json.dumps(SMALL).encode()
+        headers = {
+            "x-api-key": "bench",
+            "anthropic-version": "2023-06-01",
+            "content-type": "application/json",
+        }
+        host, port = base_url.removeprefix("http://").rsplit(":", 1)
+        errors = 0
+        lock = threading.Lock()
 
         def worker(n: int) -> None:
             nonlocal errors
-            with httpx.Client() as http:
+            conn = http.client.HTTPConnection(host, int(port))
+            try:
                 for _ in range(n):
-                    if http.post(url, content=body, headers=headers).status_code != 200:
+                    conn.request("POST", "/v1/messages", body=body, headers=headers)
+                    response = conn.getresponse()
+                    response.read()
+                    if response.status != 200:
                         with lock:
                             errors += 1
+            finally:
+                conn.close()
 
-        for _ in range(2):  # warm-up: threads, sockets, caches
-            worker(10)
+        worker(50)  # warm-up: sockets, caches
         per_thread = total // threads
         workers = [threading.Thread(target=worker, args=(per_thread,)) for _ in range(threads)]
         start = time.perf_counter()
@@ -217,6 +235,9 @@ def bench_loopback(total: int, threads: int = 4) -> dict[str, float]:
         for w in workers:
             w.join()
         elapsed = time.perf_counter() - start
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=10)
     return {
         "emulator_loopback_rps": per_thread * threads / elapsed,
         "emulator_loopback_errors": float(errors),

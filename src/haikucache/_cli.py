@@ -135,8 +135,8 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     emulator = None
     if key and not args.emulator:
         client = Client(api_key=key, base_url=args.base_url, engine=engine)
-        upstream = client.base_url if hasattr(client, "base_url") else "the Anthropic API"
-        print(f"Running the demo against {upstream} (ANTHROPIC_API_KEY is set).", file=out)
+        upstream = client.base_url
+        intro = f"Running the demo against {upstream} (ANTHROPIC_API_KEY is set)."
     else:
         from .testing import Emulator
 
@@ -148,11 +148,12 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             engine=engine,
         )
         upstream = "emulator"
-        print(
+        intro = (
             "Running the demo against haikucache's built-in emulator of the Messages API "
-            "(no ANTHROPIC_API_KEY set, or --emulator): no money is spent.",
-            file=out,
+            "(no ANTHROPIC_API_KEY set, or --emulator): no money is spent."
         )
+    if not args.json:
+        print(intro, file=out)
     tick, stop = _progress(count_calls(), enabled=not args.no_progress and not args.json)
     try:
         with client:

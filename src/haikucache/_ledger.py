@@ -158,10 +158,10 @@ def price_usage(
         + tokens.output * out
     )
     savings["prompt_cache_read"] = tokens.cache_read * base * (1 - CACHE_READ_MULTIPLIER)
-    savings["cache_write_premium"] = -(
-        tokens.cache_write_5m * base * (CACHE_WRITE_5M_MULTIPLIER - 1)
-        + tokens.cache_write_1h * base * (CACHE_WRITE_1H_MULTIPLIER - 1)
+    premium = tokens.cache_write_5m * base * (CACHE_WRITE_5M_MULTIPLIER - 1) + (
+        tokens.cache_write_1h * base * (CACHE_WRITE_1H_MULTIPLIER - 1)
     )
+    savings["cache_write_premium"] = -premium if premium else 0.0
     billed = with_caching
     if batch:
         billed = with_caching * BATCH_DISCOUNT
