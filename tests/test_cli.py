@@ -45,7 +45,17 @@ def test_demo_prints_the_ledger_table_and_agrees_with_the_emulator_bill(tmp_path
     assert total["calls"] == sum(s["calls"] for s in figures["sections"].values()) > 20
     # The ledger's dollars (engine's arithmetic) match the emulator's own bill.
     assert total["billed_usd"] == pytest.approx(figures["emulator_bill_usd"], rel=1e-9)
-    assert figures["sections"]["agent loop"]["input_tokens"] > 16 * 4096
+    agent = figures["sections"]["agent loop"]
+    assert (
+        agent["input_tokens"]
+        + agent["cache_read_tokens"]
+        + agent["cache_write_5m_tokens"]
+        + agent["cache_write_1h_tokens"]
+        > 16 * 4096
+    )
+    # The planner put the long policy and the growing conversation in the prompt cache.
+    assert agent["cache_read_tokens"] > 10 * 4096
+    assert total["savings"]["prompt_cache_read"] > 0
 
 
 @pytest.mark.usefixtures("no_key")

@@ -61,6 +61,7 @@ from ._ledger import (
     default_cache_dir,
     price_usage,
 )
+from ._planner import Breakpoint, Plan, Planner, PlannerPolicy, PrefixStats
 from ._types import Message
 from ._version import __version__
 from ._wire import MessageCreateParams, MessageParam, validate_request
@@ -85,6 +86,7 @@ __all__ = [
     "BatchItemExpiredError",
     "BatchResults",
     "BillingError",
+    "Breakpoint",
     "CacheStoreError",
     "CallInfo",
     "CallOptions",
@@ -112,6 +114,10 @@ __all__ = [
     "NotFoundError",
     "OverloadedError",
     "PermissionDeniedError",
+    "Plan",
+    "Planner",
+    "PlannerPolicy",
+    "PrefixStats",
     "PreparedCall",
     "RateLimitError",
     "RequestTooLargeError",

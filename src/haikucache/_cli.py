@@ -1,4 +1,4 @@
-"""The ``haikucache`` command: ``demo``, ``emulator``, ``report``.
+"""The ``haikucache`` command: ``demo``, ``emulator``, ``explain``, ``report``.
 
 Exit codes: 0 success, 1 the upstream failed, 2 a usage error (bad arguments or options),
 130 interrupted.
@@ -206,6 +206,36 @@ def _cmd_emulator(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- explain
+
+
+def _cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
+    from ._planner import Planner
+    from ._wire import validate_request
+
+    try:
+        with open(args.request, encoding="utf-8") if args.request != "-" else sys.stdin as f:
+            body = json.load(f)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.request}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{args.request} is not valid JSON: {exc}") from exc
+    validate_request(body)
+    plan = Planner(args.policy).plan(body)
+    if args.json:
+        json.dump({"plan": plan.to_dict(), "body": plan.body}, out, indent=2)
+        print(file=out)
+        return EXIT_OK
+    print(plan.explain(), file=out)
+    multiplier = plan.expected_cost_multiplier()
+    print(
+        f"input cost on this first call: ~{multiplier:.2f}× of uncached; a repeat of the "
+        "marked prefix is then read at 0.1×",
+        file=out,
+    )
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -299,6 +329,16 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("--port", type=int, default=8765)
     emulator.add_argument("--seed", type=int, default=0)
 
+    explain = sub.add_parser(
+        "explain",
+        help="show where the planner would put cache breakpoints in a request, and why",
+        description="Read a Messages request (JSON file, or - for stdin) and print the "
+        "prompt-cache plan: breakpoints, TTLs, token estimates, and what was skipped.",
+    )
+    explain.add_argument("request", help="a JSON file with the request body, or -")
+    explain.add_argument("--policy", choices=("adaptive", "always", "off"), default="adaptive")
+    explain.add_argument("--json", action="store_true", help="print the plan and the body as JSON")
+
     report = sub.add_parser("report", help="print the persisted ledger")
     report.add_argument("--namespace", default=None)
     report.add_argument("--days", type=int, default=None, help="only the last N days")
@@ -318,6 +358,7 @@ def _version() -> str:
 _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "demo": _cmd_demo,
     "emulator": _cmd_emulator,
+    "explain": _cmd_explain,
     "report": _cmd_report,
 }
 

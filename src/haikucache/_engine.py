@@ -3,9 +3,9 @@
 A door (the client, the SDK middleware, the LangChain and LlamaIndex adapters, the decorator,
 the proxy) turns its input into a Messages request and calls the stages in order::
 
-    call = engine.prepare(params, options)     # 1 validate, 2 key (3 lookup, 4 plan: later)
+    call = engine.prepare(params, options)     # 1 validate, 2 key, (3 lookup: later), 4 plan
     ...the door sends call.body upstream...    # 5 route, 6 upstream: the door's own I/O
-    info = engine.record(call, message)        # 7 account (8 store: later)
+    info = engine.record(call, message)        # 7 account (and teach the planner), (8 store)
 
 The engine itself does no network I/O, so the sync and async doors share it unchanged.
 """
@@ -24,6 +24,7 @@ from ._clock import Clock, SystemClock
 from ._exceptions import ConfigurationError, RequestValidationError
 from ._keys import request_key
 from ._ledger import DiskLedger, Ledger, LedgerEntry, now_entry
+from ._planner import Plan, Planner, PlannerPolicy
 from ._wire import API_VERSIONS, validate_request
 
 __all__ = ["CallInfo", "CallOptions", "Engine", "PreparedCall", "default_ledger", "namespace_for"]
@@ -77,6 +78,7 @@ class PreparedCall:
         namespace: the namespace the call is accounted and keyed under.
         api_version: the ``anthropic-version`` it will be sent with.
         betas: ``anthropic-beta`` values (part of the key).
+        plan: the prompt-cache plan that placed ``body``'s breakpoints.
     """
 
     body: dict[str, Any]
@@ -87,6 +89,7 @@ class PreparedCall:
     namespace: str
     api_version: str = API_VERSIONS[0]
     betas: tuple[str, ...] = ()
+    plan: Plan | None = None
 
 
 @dataclass(frozen=True)
@@ -184,8 +187,10 @@ class Engine:
         ledger: where calls are accounted; ``None`` uses the process-wide on-disk ledger
             (:func:`default_ledger`); pass :class:`MemoryLedger` for tests, or ``False`` to
             account nothing.
-        clock: the time source (ledger days, later TTLs).
+        clock: the time source (ledger days, planner statistics, later TTLs).
         default_model: model used by doors that do not name one.
+        planner: where prompt-cache breakpoints go: a :class:`Planner`, or a policy name —
+            ``"adaptive"`` (default), ``"always"`` or ``"off"``.
     """
 
     def __init__(
@@ -195,6 +200,7 @@ class Engine:
         ledger: Ledger | bool | None = None,
         clock: Clock | None = None,
         default_model: str = DEFAULT_MODEL,
+        planner: Planner | PlannerPolicy | str = "adaptive",
     ) -> None:
         if not isinstance(namespace, str) or not namespace:
             raise ConfigurationError("namespace must be a non-empty string")
@@ -208,6 +214,12 @@ class Engine:
             raise ConfigurationError("ledger must have a record(entry) method")
         self.clock: Clock = clock or SystemClock()
         self.default_model = default_model
+        if isinstance(planner, Planner):
+            self.planner = planner
+        elif isinstance(planner, str):
+            self.planner = Planner(planner, clock=self.clock)
+        else:
+            raise ConfigurationError(f"planner must be a Planner or a policy name, got {planner!r}")
 
     @classmethod
     def for_credentials(cls, credential: str | None, **kwargs: Any) -> Engine:
@@ -230,7 +242,10 @@ class Engine:
         api_version: str = API_VERSIONS[0],
         betas: Sequence[str] = (),
     ) -> PreparedCall:
-        """Validate and key a Messages request.
+        """Validate, key and plan a Messages request.
+
+        The key is computed on the caller's request (markers never change a key); the body to
+        send carries the planner's breakpoints.
 
         Raises:
             RequestValidationError: the API would reject it (nothing was sent).
@@ -251,15 +266,18 @@ class Engine:
         body = {k: v for k, v in params.items() if v is not None}
         validate_request(body, api_version=api_version)
         namespace = options.namespace or self.namespace
+        key = request_key(body, namespace=namespace, betas=betas)
+        plan = self.planner.plan(body)
         return PreparedCall(
-            body=body,
-            key=request_key(body, namespace=namespace, betas=betas),
+            body=plan.body,
+            key=key,
             model=body["model"],
             stream=bool(body.get("stream", False)),
             options=options,
             namespace=namespace,
             api_version=api_version,
             betas=tuple(betas),
+            plan=plan,
         )
 
     def validate_count_tokens(
@@ -292,4 +310,6 @@ class Engine:
         )
         if self._ledger is not None:
             self._ledger.record(entry)
+        if call.plan is not None and isinstance(usage, Mapping):
+            self.planner.observe(call.plan, usage)
         return CallInfo.from_entry(entry, call.key)

@@ -1,0 +1,969 @@
+"""The prompt-cache planner: where to put ``cache_control`` breakpoints, and with which TTL.
+
+The API caches a prefix (tools → system → messages) up to a block marked with
+``cache_control``; a later request that repeats the prefix reads it at 0.1× instead of 1×. A
+write costs 1.25× (5-minute TTL) or 2× (1-hour TTL), and a prefix shorter than the model's
+minimum (4,096 tokens on Haiku 4.5) is silently not cached. At most 4 markers per request; a
+breakpoint finds earlier cache entries only within 20 blocks before it; 1-hour markers must
+come before 5-minute ones (reference §1).
+
+For each request the planner:
+
+1. flattens it into blocks in prefix order and estimates each block's tokens (a fast local
+   estimate; an exact ``count_tokens`` can confirm prefixes near the minimum, asked once per
+   distinct prefix);
+2. finds the candidate boundaries — end of tools, end of system, end of large stable context
+   (a long document or retrieved text), the conversation tail, and a *bridge* at the last
+   prefix it knows is cached when that lies beyond the 20-block lookback of the tail;
+3. prices each candidate with what it has observed (policy ``adaptive``): how often the prefix
+   recurs and how far apart, or for the tail how often conversations continue and how soon.
+   A marker is placed only where its expected reads pay for its write premium, with the TTL
+   (5 m or 1 h) that makes the most of them — a 1-hour write pays off when reuses come more
+   than 5 minutes apart but within the hour — and none at all where a prefix is not expected
+   to recur;
+4. keeps every marker the caller placed, never exceeds 4 in total, keeps 1 h before 5 m,
+   never marks an empty or thinking block, and changes nothing else in the request.
+
+Policies: ``adaptive`` (default), ``always`` (every stable boundary that clears the minimum,
+5 m), ``off`` (the request is sent as it is).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import xxhash
+
+from ._catalog import CACHE_WRITE_1H_MULTIPLIER, CACHE_WRITE_5M_MULTIPLIER, lookup_model
+from ._clock import Clock, SystemClock
+from ._exceptions import ConfigurationError
+from ._wire import iter_cache_markers
+
+__all__ = ["Breakpoint", "Plan", "Planner", "PlannerPolicy", "PrefixStats"]
+
+logger = logging.getLogger("haikucache")
+
+PlannerPolicy = Literal["adaptive", "always", "off"]
+POLICIES: tuple[str, ...] = ("adaptive", "always", "off")
+
+MAX_BREAKPOINTS = 4
+LOOKBACK_BLOCKS = 20
+TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+READ_SAVING = 0.9  # a read costs 0.1× instead of 1×
+WRITE_PREMIUM = {"5m": CACHE_WRITE_5M_MULTIPLIER - 1, "1h": CACHE_WRITE_1H_MULTIPLIER - 1}
+# A model the catalogue does not know gets the smallest minimum any model has.
+UNKNOWN_MODEL_MIN_TOKENS = 1024
+# Hidden system prompt the API adds when tools are present (Haiku 4.5, tool_choice auto).
+TOOL_USE_OVERHEAD_TOKENS = 346
+# Blocks at least this long are "large stable context" (a document, retrieved passages).
+LARGE_BLOCK_TOKENS = 1024
+_UNMARKABLE = frozenset({"thinking", "redacted_thinking"})
+_MARKABLE = frozenset(
+    {"text", "image", "document", "tool_use", "tool_result", "search_result", "container_upload"}
+)
+
+# Estimator: characters per token. English prose runs ~4, JSON ~3; leaning low (more tokens)
+# errs toward placing a marker, and a marker below the minimum costs nothing but its slot.
+_CHARS_PER_TOKEN_TEXT = 3.4
+_CHARS_PER_TOKEN_JSON = 3.0
+_IMAGE_TOKENS = 1600  # the API's cap for an image of ~1.15 megapixels
+_PDF_BYTES_PER_PAGE = 60_000
+_PDF_TOKENS_PER_PAGE = 1500
+# The estimate is off by up to ±30 % on real text. With an exact counter, prefixes estimated
+# between 0.7× and 1.5× the minimum are confirmed; without one, a prefix estimated at 0.85×
+# or more is marked (a marker that turns out short costs nothing but its slot).
+_CONFIRM_BELOW, _CONFIRM_ABOVE, _MARK_FROM = 0.7, 1.5, 0.85
+
+_TEXT_KEYS = frozenset({"type", "text", "cache_control"})
+
+_dumps = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@dataclass
+class _Block:
+    path: tuple[Any, ...]  # ("tools", i) | ("system", i) | ("messages", m, b)
+    section: str  # "tools" | "system" | "messages"
+    markable: bool
+    tokens: int
+    cum: int = 0  # estimated tokens of the prefix up to and including this block
+    fp: int = 0  # fingerprint of that prefix
+    marker: Mapping[str, Any] | None = None  # the caller's own cache_control
+    role: str | None = None
+    large: bool = False
+
+    @property
+    def label(self) -> str:
+        return ".".join(str(p) for p in self.path)
+
+
+def _text_tokens(text: str) -> int:
+    return math.ceil(len(text) / _CHARS_PER_TOKEN_TEXT)
+
+
+def _json_tokens(value: Any) -> int:
+    return math.ceil(len(_dumps(value)) / _CHARS_PER_TOKEN_JSON)
+
+
+def _block_tokens(block: Mapping[str, Any]) -> int:
+    kind = block.get("type")
+    if kind == "text":
+        return _text_tokens(str(block.get("text", "")))
+    if kind == "image":
+        return _IMAGE_TOKENS
+    if kind == "document":
+        source = block.get("source") or {}
+        if source.get("type") == "text":
+            return _text_tokens(str(source.get("data", "")))
+        if source.get("type") == "base64":
+            pages = max(
+                1, math.ceil(len(str(source.get("data", ""))) * 3 / 4 / _PDF_BYTES_PER_PAGE)
+            )
+            return pages * _PDF_TOKENS_PER_PAGE
+        if source.get("type") == "content":
+            return sum(
+                _block_tokens(b) for b in source.get("content") or [] if isinstance(b, Mapping)
+            )
+        return _PDF_TOKENS_PER_PAGE
+    if kind == "tool_result":
+        content = block.get("content")
+        if isinstance(content, str):
+            return 8 + _text_tokens(content)
+        if isinstance(content, list):
+            return 8 + sum(_block_tokens(b) for b in content if isinstance(b, Mapping))
+        return 8
+    if kind in ("thinking", "redacted_thinking"):
+        return _text_tokens(str(block.get("thinking") or block.get("data") or ""))
+    return _json_tokens({k: v for k, v in block.items() if k != "cache_control"})
+
+
+def _block_bytes(block: Any) -> bytes:
+    # The prefix fingerprint ignores markers, as the API's prefix hash does.
+    if isinstance(block, str):
+        return block.encode("utf-8", "surrogatepass")
+    if isinstance(block, Mapping):
+        if (
+            block.get("type") == "text"
+            and isinstance(block.get("text"), str)
+            and block.keys() <= _TEXT_KEYS
+        ):
+            return str(block["text"]).encode("utf-8", "surrogatepass")
+        return _dumps({k: v for k, v in block.items() if k != "cache_control"}).encode(
+            "utf-8", "surrogatepass"
+        )
+    return _dumps(block).encode("utf-8", "surrogatepass")
+
+
+def _flatten(body: Mapping[str, Any]) -> list[_Block]:
+    blocks: list[_Block] = []
+    tools = body.get("tools") or []
+    for i, tool in enumerate(tools):
+        blocks.append(
+            _Block(
+                ("tools", i),
+                "tools",
+                True,
+                _json_tokens({k: v for k, v in tool.items() if k != "cache_control"}),
+                marker=tool.get("cache_control"),
+            )
+        )
+    if tools:
+        blocks[0].tokens += TOOL_USE_OVERHEAD_TOKENS
+    system = body.get("system")
+    if isinstance(system, str):
+        blocks.append(_Block(("system", 0), "system", bool(system), 3 + _text_tokens(system)))
+    elif isinstance(system, list):
+        for i, block in enumerate(system):
+            blocks.append(
+                _Block(
+                    ("system", i),
+                    "system",
+                    bool(block.get("text")),
+                    _block_tokens(block) + (3 if i == 0 else 0),
+                    marker=block.get("cache_control"),
+                )
+            )
+    for m, message in enumerate(body.get("messages") or []):
+        content = message.get("content")
+        role = message.get("role")
+        if isinstance(content, str):
+            blocks.append(
+                _Block(
+                    ("messages", m, 0),
+                    "messages",
+                    bool(content),
+                    4 + _text_tokens(content),
+                    role=role,
+                )
+            )
+            continue
+        for b, block in enumerate(content or []):
+            kind = block.get("type")
+            markable = kind in _MARKABLE and not (kind == "text" and not block.get("text"))
+            blocks.append(
+                _Block(
+                    ("messages", m, b),
+                    "messages",
+                    markable and kind not in _UNMARKABLE,
+                    _block_tokens(block) + (4 if b == 0 else 0),
+                    marker=block.get("cache_control"),
+                    role=role,
+                )
+            )
+    return blocks
+
+
+def _chain(body: Mapping[str, Any], blocks: list[_Block], model_key: str) -> list[bytes]:
+    """Fill each block's cumulative token estimate and prefix fingerprint; the blocks' bytes."""
+    items: list[Any] = list(body.get("tools") or [])
+    system = body.get("system")
+    items.extend([system] if isinstance(system, str) else (system or []))
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        prefix = b"\x01" + str(message.get("role")).encode()
+        if isinstance(content, str):
+            items.append(prefix + content.encode("utf-8", "surrogatepass"))
+        else:
+            for b, block in enumerate(content or []):
+                items.append(prefix + _block_bytes(block) if b == 0 else block)
+    h = xxhash.xxh3_64_intdigest(model_key.encode())
+    cum = 0
+    raws = []
+    for block, item in zip(blocks, items, strict=True):
+        raw = item if isinstance(item, bytes) else _block_bytes(item)
+        raws.append(raw)
+        h = xxhash.xxh3_64_intdigest(raw, seed=h)
+        cum += block.tokens
+        block.cum = cum
+        block.fp = h
+    return raws
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@dataclass
+class _Record:
+    count: int = 0
+    last: float = 0.0
+    gaps: deque[float] = field(default_factory=lambda: deque(maxlen=32))
+
+
+@dataclass
+class _Family:
+    """What has been seen of one kind of boundary across many prefixes."""
+
+    prior_recur: float
+    prior_gap: float  # seconds, the typical reuse gap before anything is known
+    new: int = 0
+    recurred: int = 0
+    gaps: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+
+    def recur_rate(self) -> float:
+        # Laplace-style smoothing toward the prior, worth 3 observations.
+        return (self.recurred + 3 * self.prior_recur) / (self.new + 3)
+
+
+class PrefixStats:
+    """How often, and how far apart, prefixes recur. Thread-safe; bounded in memory.
+
+    One instance can be shared by several planners (and engines) in a process so they learn
+    together.
+    """
+
+    def __init__(self, *, max_prefixes: int = 100_000) -> None:
+        self._lock = threading.Lock()
+        self._max = max_prefixes
+        self._prefixes: OrderedDict[int, _Record] = OrderedDict()
+        self._tails: OrderedDict[int, float] = OrderedDict()
+        self._alive: OrderedDict[int, tuple[float, str]] = OrderedDict()
+        self._families = {
+            "tools": _Family(prior_recur=0.8, prior_gap=60.0),
+            "system": _Family(prior_recur=0.8, prior_gap=60.0),
+            "context": _Family(prior_recur=0.5, prior_gap=60.0),
+            "tail": _Family(prior_recur=0.8, prior_gap=5.0),
+        }
+
+    # -- observations -----------------------------------------------------------------
+
+    def sight(self, kind: str, fp: int, now: float) -> _Record:
+        """Record that a shared prefix (tools, system, context) was seen at ``now``."""
+        with self._lock:
+            record = self._prefixes.get(fp)
+            family = self._families[kind]
+            if record is None:
+                record = self._prefixes[fp] = _Record()
+                family.new += 1
+                if len(self._prefixes) > self._max:
+                    self._prefixes.popitem(last=False)
+            else:
+                self._prefixes.move_to_end(fp)
+                gap = max(0.0, now - record.last)
+                record.gaps.append(gap)
+                family.gaps.append(gap)
+                if record.count == 1:
+                    family.recurred += 1
+            record.count += 1
+            record.last = now
+            return record
+
+    def find_extended_tail(self, fps: Sequence[int], now: float) -> int | None:
+        """If an earlier request's tail is a prefix of this one, learn from it; its index."""
+        with self._lock:
+            for index in range(len(fps) - 1, -1, -1):
+                seen = self._tails.pop(fps[index], None)
+                if seen is not None:
+                    family = self._families["tail"]
+                    family.recurred += 1
+                    family.gaps.append(max(0.0, now - seen))
+                    return index
+            return None
+
+    def add_tail(self, fp: int, now: float) -> None:
+        with self._lock:
+            if fp not in self._tails:
+                self._families["tail"].new += 1
+            self._tails[fp] = now
+            self._tails.move_to_end(fp)
+            if len(self._tails) > self._max:
+                self._tails.popitem(last=False)
+
+    def mark_alive(self, fp: int, until: float, ttl: str) -> None:
+        with self._lock:
+            self._alive[fp] = (until, ttl)
+            self._alive.move_to_end(fp)
+            if len(self._alive) > self._max:
+                self._alive.popitem(last=False)
+
+    # -- questions --------------------------------------------------------------------
+
+    def alive(self, fp: int, now: float) -> str | None:
+        """The TTL of a live cache entry for this prefix, as far as this process knows."""
+        with self._lock:
+            entry = self._alive.get(fp)
+            if entry is None:
+                return None
+            if entry[0] <= now:
+                del self._alive[fp]
+                return None
+            return entry[1]
+
+    def record(self, fp: int) -> _Record | None:
+        with self._lock:
+            return self._prefixes.get(fp)
+
+    def family(self, kind: str) -> tuple[float, list[float], float]:
+        """(recurrence rate, recent gaps, prior gap) of a kind of boundary."""
+        with self._lock:
+            family = self._families[kind]
+            return family.recur_rate(), list(family.gaps), family.prior_gap
+
+
+# --------------------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True)
+class Breakpoint:
+    """One ``cache_control`` marker of a plan.
+
+    Attributes:
+        path: where it sits, e.g. ``"system.0"``, ``"tools.13"``, ``"messages.4.content.1"``.
+        kind: ``"tools"``, ``"system"``, ``"context"``, ``"bridge"``, ``"tail"``, or
+            ``"caller"`` for a marker the caller placed (``"auto"`` for a top-level one).
+        ttl: ``"5m"`` or ``"1h"``.
+        prefix_tokens: estimated tokens of the prefix up to and including the block.
+        reason: why it is there.
+        added: ``False`` for the caller's own markers.
+    """
+
+    path: str
+    kind: str
+    ttl: str
+    prefix_tokens: int
+    reason: str
+    added: bool = True
+
+
+@dataclass
+class Plan:
+    """The result of planning one request.
+
+    Attributes:
+        body: the request to send (a new dict; the caller's is never modified).
+        breakpoints: every marker in prefix order, the caller's and the planner's.
+        skipped: candidate boundaries left unmarked, with the reason.
+        policy: the policy that made the plan.
+        model: the request's model.
+        min_tokens: the model's minimum cacheable prefix.
+        estimated_tokens: the estimated input tokens of the whole request.
+    """
+
+    body: dict[str, Any]
+    breakpoints: list[Breakpoint]
+    skipped: list[tuple[str, str]]
+    policy: str
+    model: str
+    min_tokens: int
+    estimated_tokens: int
+    _fps: dict[str, int] = field(default_factory=dict, repr=False)
+    _tail_fp: int | None = field(default=None, repr=False)
+
+    @property
+    def added(self) -> list[Breakpoint]:
+        """The markers the planner added."""
+        return [b for b in self.breakpoints if b.added]
+
+    def expected_cost_multiplier(self) -> float:
+        """A rough upper bound of this request's input cost relative to no caching (1.0)."""
+        if not self.estimated_tokens or not self.breakpoints:
+            return 1.0
+        last = max(b.prefix_tokens for b in self.breakpoints)
+        ttls = {b.ttl for b in self.breakpoints}
+        write = CACHE_WRITE_1H_MULTIPLIER if ttls == {"1h"} else CACHE_WRITE_5M_MULTIPLIER
+        covered = min(last, self.estimated_tokens) / self.estimated_tokens
+        return covered * write + (1 - covered)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "model": self.model,
+            "min_tokens": self.min_tokens,
+            "estimated_tokens": self.estimated_tokens,
+            "breakpoints": [b.__dict__.copy() for b in self.breakpoints],
+            "skipped": [{"where": w, "reason": r} for w, r in self.skipped],
+        }
+
+    def explain(self) -> str:
+        """A human explanation: which breakpoints, why, the estimates."""
+        lines = [
+            f"policy {self.policy}, model {self.model}: ~{self.estimated_tokens:,} input tokens "
+            f"(estimate); prefixes under {self.min_tokens:,} tokens are not cached",
+        ]
+        if not self.breakpoints:
+            lines.append("no breakpoints")
+        for b in self.breakpoints:
+            who = "added" if b.added else "kept"
+            lines.append(
+                f"  {who:5} {b.ttl:>2} at {b.path:<24} prefix ~{b.prefix_tokens:>7,} tokens  "
+                f"[{b.kind}] {b.reason}"
+            )
+        for where, reason in self.skipped:
+            lines.append(f"  skip     at {where:<24} {reason}")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Candidate:
+    block: _Block
+    kind: str
+    value: float = 0.0
+    ttl: str | None = None
+    reason: str = ""
+
+
+def _p_within(gaps: Sequence[float], seconds: float, prior_gap: float) -> float:
+    """P(next reuse comes within ``seconds``): the observed share, or an exponential prior."""
+    if len(gaps) >= 2:
+        hits = sum(1 for g in gaps if g <= seconds)
+        return (hits + 0.5) / (len(gaps) + 1)
+    return 1 - math.exp(-seconds / max(prior_gap, 1e-9))
+
+
+class Planner:
+    """Places prompt-cache breakpoints; see the module documentation.
+
+    Args:
+        policy: ``"adaptive"`` (default), ``"always"`` or ``"off"``.
+        clock: time source for recurrence statistics.
+        stats: observations to learn from; share one :class:`PrefixStats` between planners
+            to learn together.
+        count_tokens: optional exact counter, called with a ``count_tokens`` body for a
+            prefix whose estimate is near the model minimum; its answer is cached per prefix.
+    """
+
+    def __init__(
+        self,
+        policy: PlannerPolicy | str = "adaptive",
+        *,
+        clock: Clock | None = None,
+        stats: PrefixStats | None = None,
+        count_tokens: Callable[[dict[str, Any]], int] | None = None,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ConfigurationError(
+                f"planner policy must be one of {', '.join(POLICIES)}, got {policy!r}"
+            )
+        self.policy = str(policy)
+        self.clock: Clock = clock or SystemClock()
+        self.stats = stats or PrefixStats()
+        self._count_tokens = count_tokens
+        self._exact: OrderedDict[int, int] = OrderedDict()
+        self._buster = _BustDetector()
+        self._planning: Mapping[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"Planner(policy={self.policy!r})"
+
+    # -- planning ---------------------------------------------------------------------
+
+    def plan(self, body: Mapping[str, Any], *, now: float | None = None) -> Plan:
+        """Plan the breakpoints of a (validated) Messages request."""
+        model = str(body.get("model", ""))
+        info = lookup_model(model)
+        min_tokens = info.min_cacheable_tokens if info else UNKNOWN_MODEL_MIN_TOKENS
+        if self.policy == "off":
+            return Plan(
+                dict(body), self._caller_breakpoints(body, []), [], "off", model, min_tokens, 0
+            )
+        now = self.clock.now() if now is None else now
+        blocks = _flatten(body)
+        if not blocks:
+            return Plan(dict(body), [], [], self.policy, model, min_tokens, 0)
+        raws = _chain(body, blocks, info.name if info else model)
+        self._buster.see(blocks, raws)
+        total = blocks[-1].cum
+        self._planning = body
+
+        caller = [b for b in blocks if b.marker is not None]
+        lifted = self._lifted_markers(body)
+        auto = "cache_control" in body
+        slots = MAX_BREAKPOINTS - len(caller) - lifted - (1 if auto else 0)
+        skipped: list[tuple[str, str]] = []
+        candidates = self._candidates(body, blocks, auto, now, skipped)
+        for c in candidates:
+            self._price(c, blocks, min_tokens, now, skipped)
+        chosen = self._choose(candidates, slots, caller, skipped)
+        # Learn from this request only after pricing it, so it does not count as its own
+        # evidence.
+        for c in candidates:
+            if c.kind in ("tools", "system", "context"):
+                self.stats.sight(c.kind, c.block.fp, now)
+        tail = _last_markable(blocks)
+        if tail is not None:
+            self.stats.add_tail(tail.fp, now)
+
+        plan_body = self._apply(body, chosen)
+        plan = Plan(
+            plan_body,
+            self._caller_breakpoints(body, blocks),
+            skipped,
+            self.policy,
+            model,
+            min_tokens,
+            total,
+        )
+        plan.breakpoints.extend(
+            Breakpoint(_public_path(c.block.path), c.kind, c.ttl or "5m", c.block.cum, c.reason)
+            for c in chosen
+        )
+        plan.breakpoints.sort(key=lambda b: _order_key(b.path))
+        plan._fps = {_public_path(c.block.path): c.block.fp for c in chosen}
+        for b in caller:
+            plan._fps[_public_path(b.path)] = b.fp
+        plan._tail_fp = tail.fp if tail is not None else None
+        return plan
+
+    def _candidates(
+        self,
+        body: Mapping[str, Any],
+        blocks: list[_Block],
+        auto: bool,
+        now: float,
+        skipped: list[tuple[str, str]],
+    ) -> list[_Candidate]:
+        stats = self.stats
+        tail = _last_markable(blocks)
+        out: list[_Candidate] = []
+        last_tool = max(
+            (b for b in blocks if b.section == "tools"), key=lambda b: b.cum, default=None
+        )
+        last_system = max(
+            (b for b in blocks if b.section == "system" and b.markable),
+            key=lambda b: b.cum,
+            default=None,
+        )
+        if last_tool is not None and last_tool is not tail:
+            out.append(_Candidate(last_tool, "tools"))
+        if last_system is not None and last_system is not tail:
+            out.append(_Candidate(last_system, "system"))
+        # The last large block before the tail: a document or retrieved context.
+        context = None
+        for b in blocks:
+            if (
+                b.section == "messages"
+                and b.markable
+                and b is not tail
+                and b.tokens >= LARGE_BLOCK_TOKENS
+            ):
+                context = b
+        if context is not None:
+            out.append(_Candidate(context, "context"))
+
+        fps = [b.fp for b in blocks]
+        extended = stats.find_extended_tail(fps, now)
+        if tail is not None:
+            if auto:
+                skipped.append(
+                    (_public_path(tail.path), "the top-level cache_control covers the tail")
+                )
+            else:
+                out.append(_Candidate(tail, "tail"))
+        # Bridge: the last prefix known to be cached, when the tail cannot see it (lookback).
+        if tail is not None:
+            tail_index = blocks.index(tail)
+            # (A request sent again whole "extends" its own tail: that is no bridge.)
+            known = extended if extended is not None and extended < tail_index else None
+            if known is None:
+                for index in range(tail_index - 1, -1, -1):
+                    if stats.alive(blocks[index].fp, now) is not None:
+                        known = index
+                        break
+            if (
+                known is not None
+                and tail_index - known > LOOKBACK_BLOCKS - 1
+                and blocks[known].markable
+            ) and not any(c.block is blocks[known] for c in out):
+                out.append(_Candidate(blocks[known], "bridge"))
+        return out
+
+    def _price(
+        self,
+        c: _Candidate,
+        blocks: list[_Block],
+        min_tokens: int,
+        now: float,
+        skipped: list[tuple[str, str]],
+    ) -> None:
+        where = _public_path(c.block.path)
+        if not self._clears_minimum(c.block, min_tokens, blocks):
+            c.reason = f"prefix ~{c.block.cum:,} tokens is under the {min_tokens:,}-token minimum"
+            skipped.append((where, c.reason))
+            return
+        live = self.stats.alive(c.block.fp, now)
+        if c.kind == "bridge" or live is not None:
+            c.ttl = live or "5m"
+            c.value = c.block.cum * READ_SAVING
+            c.reason = "reads a prefix already cached" + (
+                " beyond the 20-block lookback of the tail" if c.kind == "bridge" else ""
+            )
+            return
+        if self.policy == "always":
+            c.ttl, c.value, c.reason = "5m", float(c.block.cum), "stable boundary (policy always)"
+            return
+        if c.kind == "tail":
+            p, gaps, prior_gap = self.stats.family("tail")
+            single_use = True
+            seen = 0
+        else:
+            record = self.stats.record(c.block.fp)
+            fam_p, fam_gaps, prior_gap = self.stats.family(c.kind)
+            seen = record.count if record is not None else 0
+            if record is not None:
+                # Seen before and here again: it recurs. Its own gaps, this one included,
+                # say how soon.
+                n = record.count + 1
+                p = n / (n + 1)
+                gaps = [*record.gaps, max(0.0, now - record.last)]
+                if len(gaps) < 2:
+                    gaps = [*gaps, *fam_gaps[-8:]]
+            else:
+                p, gaps = fam_p, fam_gaps
+            single_use = False
+        best: tuple[float, str | None] = (0.0, None)
+        for option in ("5m", "1h"):
+            q = p * _p_within(gaps, TTL_SECONDS[option], prior_gap)
+            reads = q if single_use else min(q / max(1e-9, 1 - q), 50.0)
+            gain = reads * READ_SAVING - WRITE_PREMIUM[option]
+            if gain > best[0] + 1e-12:
+                best = (gain, option)
+        gain, ttl = best
+        if ttl is None:
+            c.reason = (
+                "not expected to recur soon enough to pay for a cache write"
+                if c.kind != "tail"
+                else "conversations here rarely continue soon enough to pay for a cache write"
+            )
+            skipped.append((where, c.reason))
+            return
+        c.ttl = ttl
+        c.value = gain * c.block.cum
+        reads = (gain + WRITE_PREMIUM[ttl]) / READ_SAVING
+        if c.kind == "tail":
+            c.reason = (
+                f"conversation tail: conversations continue ~{p:.0%} of the time, "
+                f"in time for a {ttl} entry"
+            )
+        else:
+            first = "first sighting" if not seen else f"seen {seen}× before"
+            c.reason = f"{first}; a {ttl} write is expected to be read ~{reads:.1f}×"
+
+    def _clears_minimum(self, block: _Block, min_tokens: int, blocks: list[_Block]) -> bool:
+        estimate = block.cum
+        if self._count_tokens is None:
+            return estimate >= min_tokens * _MARK_FROM
+        if estimate >= min_tokens * _CONFIRM_ABOVE:
+            return True
+        if estimate < min_tokens * _CONFIRM_BELOW:
+            return False
+        exact = self._exact.get(block.fp)
+        if exact is None:
+            exact = self._count_tokens(_prefix_body(self._planning, block.path))
+            self._exact[block.fp] = exact
+            if len(self._exact) > 10_000:
+                self._exact.popitem(last=False)
+        return exact >= min_tokens
+
+    def _choose(
+        self,
+        candidates: list[_Candidate],
+        slots: int,
+        caller: list[_Block],
+        skipped: list[tuple[str, str]],
+    ) -> list[_Candidate]:
+        ready = [c for c in candidates if c.ttl is not None]
+        ready.sort(key=lambda c: c.value, reverse=True)
+        chosen = ready[: max(0, slots)]
+        for c in ready[max(0, slots) :]:
+            skipped.append((_public_path(c.block.path), "no breakpoint slot left (4 at most)"))
+        chosen.sort(key=lambda c: c.block.cum)
+        # A marker that adds nothing after a chosen one at the same prefix length is dropped.
+        unique: list[_Candidate] = []
+        for c in chosen:
+            if unique and unique[-1].block is c.block:
+                continue
+            unique.append(c)
+        # 1 h before 5 m, counting the caller's markers; a 5 m marker may not precede a
+        # caller's 1 h marker at all.
+        caller_ttls = sorted((b.cum, str((b.marker or {}).get("ttl", "5m"))) for b in caller)
+        out: list[_Candidate] = []
+        for c in unique:
+            later_1h = any(cum > c.block.cum and ttl == "1h" for cum, ttl in caller_ttls)
+            if later_1h and c.ttl != "1h":
+                skipped.append((_public_path(c.block.path), "a caller's 1h marker comes later"))
+                continue
+            out.append(c)
+        seen_5m = False
+        merged = sorted(
+            [(c.block.cum, c) for c in out] + [(cum, ttl) for cum, ttl in caller_ttls],
+            key=lambda item: item[0],
+        )
+        for _, item in merged:
+            ttl = item.ttl if isinstance(item, _Candidate) else item
+            if ttl == "1h" and seen_5m and isinstance(item, _Candidate):
+                item.ttl = "5m"
+                item.reason += " (5m: a 5m marker comes earlier)"
+            seen_5m = seen_5m or (item.ttl if isinstance(item, _Candidate) else item) == "5m"
+        return out
+
+    @staticmethod
+    def _lifted_markers(body: Mapping[str, Any]) -> int:
+        # Markers inside a tool_result's last block are lifted to the block (count them).
+        return sum(1 for path, _ in iter_cache_markers(body) if path.count(".content.") == 2)
+
+    @staticmethod
+    def _caller_breakpoints(body: Mapping[str, Any], blocks: list[_Block]) -> list[Breakpoint]:
+        cums = {_public_path(b.path): b.cum for b in blocks}
+        out = []
+        for path, marker in iter_cache_markers(body):
+            where = path.removesuffix(".cache_control")
+            ttl = str(marker.get("ttl", "5m")) if isinstance(marker, Mapping) else "5m"
+            kind = "auto" if where == "cache_control" else "caller"
+            out.append(
+                Breakpoint(
+                    where, kind, ttl, cums.get(where, 0), "placed by the caller", added=False
+                )
+            )
+        return out
+
+    @staticmethod
+    def _apply(body: Mapping[str, Any], chosen: list[_Candidate]) -> dict[str, Any]:
+        out = dict(body)
+        if not chosen:
+            return out
+        copied: set[str] = set()
+        for c in chosen:
+            marker: dict[str, Any] = {"type": "ephemeral"}
+            if c.ttl == "1h":
+                marker["ttl"] = "1h"
+            path = c.block.path
+            section = path[0]
+            if section not in copied:
+                out[section] = (
+                    copy.copy(out[section]) if not isinstance(out[section], str) else out[section]
+                )
+                copied.add(section)
+            if section == "tools":
+                out["tools"][path[1]] = {**out["tools"][path[1]], "cache_control": marker}
+            elif section == "system":
+                system = out["system"]
+                if isinstance(system, str):
+                    out["system"] = [{"type": "text", "text": system, "cache_control": marker}]
+                else:
+                    system[path[1]] = {**system[path[1]], "cache_control": marker}
+            else:
+                messages = out["messages"]
+                message = dict(messages[path[1]])
+                content = message["content"]
+                if isinstance(content, str):
+                    message["content"] = [
+                        {"type": "text", "text": content, "cache_control": marker}
+                    ]
+                else:
+                    content = list(content)
+                    content[path[2]] = {**content[path[2]], "cache_control": marker}
+                    message["content"] = content
+                messages[path[1]] = message
+        return out
+
+    # -- feedback ---------------------------------------------------------------------
+
+    def observe(
+        self, plan: Plan, usage: Mapping[str, Any] | None, *, now: float | None = None
+    ) -> None:
+        """Learn from the API's answer to a planned request (its ``usage``)."""
+        if self.policy == "off" or not usage:
+            return
+        now = self.clock.now() if now is None else now
+        read = int(usage.get("cache_read_input_tokens") or 0)
+        written = int(usage.get("cache_creation_input_tokens") or 0)
+        if read + written == 0:
+            return  # nothing was cached: too short, or the API did not cache it
+        for b in plan.breakpoints:
+            fp = plan._fps.get(b.path)
+            if fp is not None and b.prefix_tokens >= plan.min_tokens * _CONFIRM_BELOW:
+                self.stats.mark_alive(fp, now + TTL_SECONDS[b.ttl], b.ttl)
+        self._buster.feedback(plan, read, written)
+
+
+def _last_markable(blocks: list[_Block]) -> _Block | None:
+    for block in reversed(blocks):
+        if block.markable:
+            return block
+    return None
+
+
+def _public_path(path: tuple[Any, ...]) -> str:
+    if path[0] == "messages":
+        return f"messages.{path[1]}.content.{path[2]}"
+    return f"{path[0]}.{path[1]}"
+
+
+def _order_key(path: str) -> tuple[int, ...]:
+    parts = path.split(".")
+    section = {"tools": 0, "system": 1, "messages": 2, "cache_control": 3}[parts[0]]
+    return (section, *(int(p) for p in parts[1:] if p.isdigit()))
+
+
+def _prefix_body(body: Mapping[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
+    """A ``count_tokens`` body holding the prefix of ``body`` up to and including ``path``."""
+    out: dict[str, Any] = {"model": body["model"]}
+    section = path[0]
+    if body.get("tools"):
+        out["tools"] = list(body["tools"][: path[1] + 1] if section == "tools" else body["tools"])
+    if section != "tools" and body.get("system"):
+        system = body["system"]
+        out["system"] = (
+            system if isinstance(system, str) or section != "system" else system[: path[1] + 1]
+        )
+    if section == "messages":
+        messages = [dict(m) for m in body["messages"][: path[1] + 1]]
+        last = messages[-1]
+        if isinstance(last.get("content"), list):
+            last["content"] = last["content"][: path[2] + 1]
+        out["messages"] = messages
+    else:
+        # count_tokens needs a message; a one-token one adds a few tokens of overhead.
+        out["messages"] = [{"role": "user", "content": "."}]
+    return out
+
+
+class _BustDetector:
+    """Notices a prefix that keeps changing just before where it would be read.
+
+    A timestamp in the system prompt, tools sent in a different order, or any text that
+    changes before a breakpoint makes every request write its prefix again (1.25×) instead of
+    reading it (0.1×). After three consecutive requests that diverge from the previous one at
+    the same block, with a similar (not unrelated) block there and a cache write in the
+    answer, it logs one warning naming the block and the first differing character.
+    """
+
+    _REPEATS = 3
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._prev: tuple[list[str], list[int], list[bytes]] | None = None
+        self._pending: tuple[str, str] | None = None
+        self._streak: dict[str, int] = {}
+        self._warned: set[str] = set()
+
+    def see(self, blocks: list[_Block], raws: list[bytes]) -> None:
+        paths = [_public_path(b.path) for b in blocks]
+        fps = [b.fp for b in blocks]
+        with self._lock:
+            prev, self._prev = self._prev, (paths, fps, raws)
+            self._pending = None
+            if prev is None:
+                return
+            prev_paths, prev_fps, prev_raws = prev
+            d = next(
+                (i for i, (a, b) in enumerate(zip(prev_fps, fps, strict=False)) if a != b), None
+            )
+            if d is None or prev_paths[d] != paths[d]:
+                return
+            old, new = prev_raws[d], raws[d]
+            if paths[d].startswith("tools."):
+                tools_old = [
+                    r for p, r in zip(prev_paths, prev_raws, strict=True) if p.startswith("tools.")
+                ]
+                tools_new = [r for p, r in zip(paths, raws, strict=True) if p.startswith("tools.")]
+                if sorted(tools_old) == sorted(tools_new):
+                    self._pending = (paths[d], "the same tools arrive in a different order")
+                    return
+            head = _common_prefix(old, new)
+            tail = _common_prefix(old[::-1], new[::-1])
+            if head + tail < 0.8 * max(len(old), len(new)):
+                return  # a different prompt, not a changing one
+            snippet_old = old[head : head + 24].decode("utf-8", "replace")
+            snippet_new = new[head : head + 24].decode("utf-8", "replace")
+            self._pending = (
+                paths[d],
+                f"first difference at character {head}: {snippet_old!r} became {snippet_new!r}",
+            )
+
+    def feedback(self, plan: Plan, read: int, written: int) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is None or written == 0:
+                self._streak.clear()
+                return
+            path, detail = pending
+            streak = self._streak.get(path, 0) + 1
+            self._streak = {path: streak}
+            if streak < self._REPEATS or path in self._warned:
+                return
+            self._warned.add(path)
+        logger.warning(
+            "haikucache: prompt cache busting at %s: it changes between consecutive requests "
+            "(%s), so everything after it is written again at 1.25× instead of read at 0.1×. "
+            "Keep it stable, or move what changes after the last cached block.",
+            path,
+            detail,
+        )
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,502 @@
+"""The prompt-cache planner: where markers go, which TTL, and what it never does.
+
+End-to-end tests send the planned requests to the emulator, whose own tokenizer and caching
+rules decide what is read and written, so nothing passes by construction.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from haikucache import Client, ConfigurationError, Engine, ManualClock, validate_request
+from haikucache._planner import Planner, PrefixStats
+from haikucache._wire import iter_cache_markers
+from haikucache.testing import Emulator
+
+POLICY = "Refunds go to the original form of payment within seven days of approval. " * 450
+TOOLS = [
+    {
+        "name": "get_reservation",
+        "description": "Look up a reservation by its booking reference.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"id": {"type": "string"}},
+            "required": ["id"],
+        },
+    },
+    {
+        "name": "cancel_reservation",
+        "description": "Cancel a reservation.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"id": {"type": "string"}},
+            "required": ["id"],
+        },
+    },
+]
+
+
+def request(messages: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 256,
+        "system": POLICY,
+        "tools": TOOLS,
+        "messages": messages or [{"role": "user", "content": "Where is my refund?"}],
+    }
+    body.update(extra)
+    return body
+
+
+def markers(body: dict[str, Any]) -> dict[str, str]:
+    return {
+        path.removesuffix(".cache_control"): m.get("ttl", "5m")
+        for path, m in iter_cache_markers(body)
+    }
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def emulator(clock: ManualClock) -> Emulator:
+    return Emulator(clock=clock)
+
+
+@pytest.fixture
+def client(emulator: Emulator, clock: ManualClock) -> Iterator[Client]:
+    with Client(
+        api_key="sk-test",
+        base_url="http://emulator.test",
+        transport=emulator.transport(),
+        engine=Engine(ledger=False, clock=clock, planner=Planner(clock=clock)),
+    ) as c:
+        yield c
+
+
+# ------------------------------------------------------------------ wire snapshots
+
+
+def test_snapshot_of_a_planned_agent_request() -> None:
+    body = request(
+        [
+            {"role": "user", "content": "Where is my refund?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": "get_reservation",
+                        "input": {"id": "8JX2QK"},
+                    }
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "refunded"}
+                ],
+            },
+        ]
+    )
+    planned = Planner(clock=ManualClock()).plan(body).body
+    expected = copy.deepcopy(body)
+    # A plain-string system becomes one text block so it can carry the marker; the tail is
+    # marked; the tools prefix alone is under the 4,096-token minimum, so it is left alone.
+    expected["system"] = [{"type": "text", "text": POLICY, "cache_control": {"type": "ephemeral"}}]
+    expected["messages"][2]["content"][0]["cache_control"] = {"type": "ephemeral"}
+    assert json.dumps(planned, sort_keys=False) == json.dumps(expected, sort_keys=False)
+
+
+def test_policy_off_sends_the_request_as_it_is() -> None:
+    body = request()
+    plan = Planner("off").plan(body)
+    assert plan.body == body and not plan.added
+
+
+def test_short_requests_get_no_markers_and_say_why() -> None:
+    body = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 64,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    plan = Planner().plan(body)
+    assert plan.body == body
+    assert "4,096-token minimum" in plan.explain()
+
+
+def test_the_callers_request_is_never_modified() -> None:
+    body = request([{"role": "user", "content": [{"type": "text", "text": "Where is my refund?"}]}])
+    before = copy.deepcopy(body)
+    Planner().plan(body)
+    assert body == before
+
+
+def test_unknown_policy_is_a_usage_error() -> None:
+    with pytest.raises(ConfigurationError, match="adaptive"):
+        Planner("sometimes")
+
+
+# ------------------------------------------------------------------ rules it never breaks
+
+
+def test_caller_markers_are_kept_and_the_total_never_exceeds_four() -> None:
+    mark = {"type": "ephemeral"}
+    body = request(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "a", "cache_control": mark},
+                    {"type": "text", "text": "b", "cache_control": mark},
+                ],
+            }
+        ],
+        tools=[{**TOOLS[0], "cache_control": mark}, TOOLS[1]],
+    )
+    body["system"] = [{"type": "text", "text": POLICY, "cache_control": mark}]
+    planned = Planner().plan(body).body
+    assert planned == body  # four already: nothing added, nothing moved
+    del body["messages"][0]["content"][1]["cache_control"]
+    planned = Planner().plan(body).body
+    assert len(markers(planned)) <= 4
+    assert markers(planned)["tools.0"] == "5m" and markers(planned)["system.0"] == "5m"
+
+
+def test_a_top_level_cache_control_covers_the_tail() -> None:
+    plan = Planner().plan(request(cache_control={"type": "ephemeral"}))
+    assert "messages.0.content.0" not in markers(plan.body)
+    assert len(list(iter_cache_markers(plan.body))) <= 4
+    assert any("top-level" in reason for _, reason in plan.skipped)
+
+
+def test_nothing_may_be_marked_before_a_callers_one_hour_marker_unless_one_hour() -> None:
+    body = request(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "text",
+                        "text": "q",
+                        "cache_control": {"type": "ephemeral", "ttl": "1h"},
+                    }
+                ],
+            }
+        ]
+    )
+    planned = Planner().plan(body).body
+    validate_request(planned)
+    for path, ttl in markers(planned).items():
+        if path != "messages.0.content.0":
+            assert ttl == "1h", path
+
+
+def test_thinking_and_empty_blocks_are_never_marked() -> None:
+    body = request(
+        [
+            {"role": "user", "content": "q"},
+            {
+                "role": "assistant",
+                "content": [{"type": "thinking", "thinking": "hmm " * 3000, "signature": "s"}],
+            },
+        ],
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        max_tokens=2048,
+    )
+    planned = Planner().plan(body).body
+    assert "messages.1.content.0" not in markers(planned)
+    validate_request(planned)
+
+
+mark_st = st.sampled_from([None, {"type": "ephemeral"}, {"type": "ephemeral", "ttl": "1h"}])
+text_st = st.sampled_from(["short", "x " * 3000, "word " * 9000])
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> dict[str, Any]:
+    def block(role: str) -> dict[str, Any]:
+        b: dict[str, Any] = {"type": "text", "text": draw(text_st)}
+        marker = draw(mark_st)
+        if marker:
+            b["cache_control"] = marker
+        return b
+
+    turns = draw(st.integers(1, 30))
+    messages = [
+        {
+            "role": r,
+            "content": [block(r) for _ in range(draw(st.integers(1, 3)))]
+            if draw(st.booleans())
+            else draw(text_st),
+        }
+        for r in ("user" if i % 2 == 0 else "assistant" for i in range(turns))
+    ]
+    body: dict[str, Any] = {
+        "model": draw(st.sampled_from(["claude-haiku-4-5", "claude-sonnet-4-5", "gw-model"])),
+        "max_tokens": 64,
+        "messages": messages,
+    }
+    if draw(st.booleans()):
+        body["system"] = draw(
+            st.one_of(
+                text_st,
+                st.lists(
+                    st.builds(lambda t: {"type": "text", "text": t}, text_st),
+                    min_size=1,
+                    max_size=3,
+                ),
+            )
+        )
+    if draw(st.booleans()):
+        body["tools"] = TOOLS
+    if draw(st.booleans()):
+        body["cache_control"] = {"type": "ephemeral"}
+    return body
+
+
+@settings(max_examples=150, deadline=None)
+@given(requests(), st.sampled_from(["adaptive", "always"]))
+def test_every_plan_of_a_valid_request_is_valid(body: dict[str, Any], policy: str) -> None:
+    try:
+        validate_request(body)
+    except ValueError:
+        return  # the planner only ever sees requests that passed validation
+    before = copy.deepcopy(body)
+    planner = Planner(policy, clock=ManualClock())
+    for _ in range(2):  # the second time it has statistics to act on
+        plan = planner.plan(body)
+        validate_request(plan.body)
+        assert len(list(iter_cache_markers(plan.body))) <= 4
+        # Markers are the only difference.
+        strip = json.loads(json.dumps(plan.body))
+        for m in strip["messages"]:
+            if isinstance(m["content"], list):
+                for b in m["content"]:
+                    b.pop("cache_control", None)
+        assert body == before
+
+
+# ------------------------------------------------------------------ end to end on the emulator
+
+
+def usage(message: Any) -> tuple[int, int, int]:
+    u = message.usage
+    return u.input_tokens, u.cache_creation_input_tokens, u.cache_read_input_tokens
+
+
+def test_an_agent_loop_reads_its_prefix_on_every_turn_after_the_first(
+    client: Client, clock: ManualClock
+) -> None:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Cancel 8JX2QK please."}]
+    reads = []
+    for _turn in range(6):
+        reply = client.messages.create(**request(messages))
+        reads.append(usage(reply)[2])
+        messages.append({"role": "assistant", "content": [b.to_dict() for b in reply.content]})
+        uses = [b for b in messages[-1]["content"] if b["type"] == "tool_use"]
+        if uses:
+            messages.append(
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": u["id"], "content": "done"}
+                        for u in uses
+                    ],
+                }
+            )
+        else:
+            messages.append({"role": "user", "content": "And the refund?"})
+        clock.advance(3)
+    assert reads[0] == 0
+    assert all(r > 4096 for r in reads[1:])
+    assert reads == sorted(reads)  # each turn reads everything the previous one wrote
+
+
+def test_one_hour_ttl_when_a_prompt_recurs_every_ten_minutes(
+    client: Client, clock: ManualClock, emulator: Emulator
+) -> None:
+    ttls = []
+    for i in range(6):
+        client.messages.create(**request([{"role": "user", "content": f"Question number {i}?"}]))
+        ttls.append(markers(emulator.log[-1].body).get("system.0"))  # what went on the wire
+        clock.advance(600)
+    assert ttls[0] == "5m"  # nothing known yet
+    assert set(ttls[2:]) == {"1h"}  # learned: reuses come every 10 minutes
+    # And it pays: the last calls read the system prompt instead of writing it again.
+    last = emulator.bill.entries[-1].usage
+    assert last["cache_read_input_tokens"] > 4096
+
+
+def test_five_minutes_when_the_prompt_recurs_quickly(
+    client: Client, clock: ManualClock, emulator: Emulator
+) -> None:
+    for i in range(5):
+        client.messages.create(**request([{"role": "user", "content": f"Question {i}?"}]))
+        clock.advance(20)
+    assert markers(emulator.log[-1].body)["system.0"] == "5m"
+
+
+def test_no_marker_for_one_shot_long_documents() -> None:
+    # RAG over documents that are each asked about once: a cache write would never be read.
+    clock = ManualClock()
+    emulator = Emulator(clock=clock)
+    rng = random.Random(7)
+    words = "ticket refund baggage flight crew lounge delay seat meal upgrade".split()
+
+    def send(engine: Engine, doc_seed: int) -> None:
+        doc_rng = random.Random(doc_seed)
+        doc = " ".join(doc_rng.choice(words) for _ in range(6000))
+        body = {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 64,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": doc},
+                        {"type": "text", "text": "Summarise."},
+                    ],
+                }
+            ],
+        }
+        with Client(
+            api_key="k", base_url="http://e.test", transport=emulator.transport(), engine=engine
+        ) as c:
+            c.messages.create(**body)
+
+    adaptive = Engine(ledger=False, clock=clock, planner=Planner(clock=clock))
+    always = Engine(ledger=False, clock=clock, planner=Planner("always", clock=clock))
+    bills = {}
+    for name, engine in (("adaptive", adaptive), ("always", always)):
+        emulator.bill.reset()
+        emulator.clear_cache()
+        for i in range(40):
+            send(engine, 1000 + i)
+            clock.advance(rng.uniform(30, 90))
+        bills[name] = emulator.bill.total_usd
+        late = [e.usage["cache_creation_input_tokens"] for e in emulator.bill.entries[-10:]]
+        if name == "adaptive":
+            assert late == [0] * 10  # it stopped writing what is never read
+    assert bills["adaptive"] < bills["always"]
+
+
+def test_a_bridge_marker_keeps_a_long_tool_loop_within_the_lookback(
+    client: Client, clock: ManualClock, emulator: Emulator
+) -> None:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Check all reservations."}]
+    client.messages.create(**request(messages))
+    clock.advance(2)
+    # The model answers with 12 parallel tool calls: 24 new blocks before the next tail.
+    uses = [
+        {
+            "type": "tool_use",
+            "id": f"toolu_{i:02}",
+            "name": "get_reservation",
+            "input": {"id": f"R{i:05}"},
+        }
+        for i in range(12)
+    ]
+    messages.append({"role": "assistant", "content": uses})
+    messages.append(
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": u["id"], "content": "ok"} for u in uses
+            ],
+        }
+    )
+    reply = client.messages.create(**request(messages))
+    sent = markers(emulator.log[-1].body)
+    assert "messages.0.content.0" in sent and "messages.2.content.11" in sent  # bridge + tail
+    first_prefix = emulator.bill.entries[0].usage["cache_creation_input_tokens"]
+    assert usage(reply)[2] == first_prefix  # read across 24 blocks
+
+
+def test_cache_busting_is_reported_once_with_the_block_and_offset(
+    client: Client, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="haikucache")
+    for minute in range(6):
+        body = request()
+        body["system"] = f"The current time is 2025-11-20 10:{minute:02}:00.\n" + POLICY
+        client.messages.create(**body)
+        clock.advance(60)
+    warnings = [r.getMessage() for r in caplog.records if "busting" in r.getMessage()]
+    assert len(warnings) == 1
+    offset = len("The current time is 2025-11-20 10:0")
+    assert "system.0" in warnings[0] and f"character {offset}:" in warnings[0]
+
+
+def test_tools_in_a_different_order_are_reported(
+    client: Client, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="haikucache")
+    many = [
+        {
+            "name": f"tool_{i}",
+            "description": POLICY[:2000],
+            "input_schema": {"type": "object", "properties": {}},
+        }
+        for i in range(8)
+    ]
+    for i in range(5):
+        tools = many[i:] + many[:i]  # e.g. tools collected from a set: a new order each time
+        client.messages.create(**request(tools=tools, system="Be helpful."))
+        clock.advance(5)
+    assert any("different order" in r.getMessage() for r in caplog.records)
+
+
+def test_exact_counts_confirm_prefixes_near_the_minimum_once_each() -> None:
+    emulator = Emulator()
+    calls = []
+    with Client(
+        api_key="k",
+        base_url="http://e.test",
+        transport=emulator.transport(),
+        engine=Engine(ledger=False, planner="off"),
+    ) as counter:
+
+        def count(body: dict[str, Any]) -> int:
+            calls.append(body)
+            return counter.messages.count_tokens(**body).input_tokens
+
+        planner = Planner(count_tokens=count, clock=ManualClock())
+        near = "Fares follow the published rules. " * 410  # estimated close to 4,096 tokens
+        body = {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 64,
+            "system": near,
+            "messages": [{"role": "user", "content": "Hi"}],
+        }
+        plan = planner.plan(body)
+        asked = len(calls)
+        assert 1 <= asked <= 2  # the system prefix and the tail prefix, each near the minimum
+        for _ in range(3):
+            plan = planner.plan(body)
+        assert len(calls) == asked  # cached per prefix
+        exact = counter.messages.count_tokens(**calls[0]).input_tokens
+        assert ("system.0" in markers(plan.body)) == (exact >= 4096)
+
+
+def test_stats_can_be_shared_between_planners() -> None:
+    stats = PrefixStats()
+    clock = ManualClock()
+    a, b = Planner(stats=stats, clock=clock), Planner(stats=stats, clock=clock)
+    for i in range(4):
+        (a if i % 2 else b).plan(request([{"role": "user", "content": f"q{i}"}]))
+        clock.advance(900)
+    assert markers(a.plan(request()).body)["system.0"] == "1h"
