@@ -4,6 +4,7 @@
 
 Figures (``{"figures": {...}}`` in OUT, and a table on stdout):
 
+* ``prepare_200kb_p50_ms`` — the engine's stages on that request: validate, key, plan.
 * ``key_200kb_p50_ms`` — haikucache's exact key of a ~200 KB request (target <= 1.0), next to
   the same request keyed the common ways: canonical ``json.dumps`` + SHA-256, LiteLLM's way
   (``name: value`` of each parameter, SHA-256), and LangChain's cache prompt string
@@ -117,6 +118,9 @@ def bench_keys(runs: int) -> dict[str, float]:
     body = request_of_size(200_000)
     figures = {"request_bytes": float(len(json.dumps(body)))}
     figures["key_200kb_p50_ms"] = p50(timings(lambda: request_key(body), runs))
+    # The whole engine stage chain on the same request: validate, key, plan breakpoints.
+    engine = Engine(namespace="bench", ledger=False)
+    figures["prepare_200kb_p50_ms"] = p50(timings(lambda: engine.prepare(body), runs))
 
     def json_sha256() -> str:
         return hashlib.sha256(

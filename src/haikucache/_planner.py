@@ -111,11 +111,7 @@ def _text_tokens(text: str) -> int:
     return math.ceil(len(text) / _CHARS_PER_TOKEN_TEXT)
 
 
-def _json_tokens(value: Any) -> int:
-    return math.ceil(len(_dumps(value)) / _CHARS_PER_TOKEN_JSON)
-
-
-def _block_tokens(block: Mapping[str, Any]) -> int:
+def _block_tokens(block: Mapping[str, Any], raw: bytes) -> int:
     kind = block.get("type")
     if kind == "text":
         return _text_tokens(str(block.get("text", "")))
@@ -126,127 +122,109 @@ def _block_tokens(block: Mapping[str, Any]) -> int:
         if source.get("type") == "text":
             return _text_tokens(str(source.get("data", "")))
         if source.get("type") == "base64":
-            pages = max(
-                1, math.ceil(len(str(source.get("data", ""))) * 3 / 4 / _PDF_BYTES_PER_PAGE)
-            )
-            return pages * _PDF_TOKENS_PER_PAGE
-        if source.get("type") == "content":
-            return sum(
-                _block_tokens(b) for b in source.get("content") or [] if isinstance(b, Mapping)
-            )
-        return _PDF_TOKENS_PER_PAGE
-    if kind == "tool_result":
-        content = block.get("content")
-        if isinstance(content, str):
-            return 8 + _text_tokens(content)
-        if isinstance(content, list):
-            return 8 + sum(_block_tokens(b) for b in content if isinstance(b, Mapping))
-        return 8
+            size = len(str(source.get("data", ""))) * 3 / 4
+            return max(1, math.ceil(size / _PDF_BYTES_PER_PAGE)) * _PDF_TOKENS_PER_PAGE
+        if source.get("type") != "content":
+            return _PDF_TOKENS_PER_PAGE
     if kind in ("thinking", "redacted_thinking"):
         return _text_tokens(str(block.get("thinking") or block.get("data") or ""))
-    return _json_tokens({k: v for k, v in block.items() if k != "cache_control"})
+    # Tool calls and results, nested documents, anything else: its JSON, which is what the
+    # model reads (tool results are mostly text, so JSON's ratio slightly overestimates).
+    return math.ceil(len(raw) / _CHARS_PER_TOKEN_JSON)
 
 
 def _block_bytes(block: Any) -> bytes:
     # The prefix fingerprint ignores markers, as the API's prefix hash does.
-    if isinstance(block, str):
+    if type(block) is str:
         return block.encode("utf-8", "surrogatepass")
     if isinstance(block, Mapping):
         if (
             block.get("type") == "text"
-            and isinstance(block.get("text"), str)
+            and type(block.get("text")) is str
             and block.keys() <= _TEXT_KEYS
         ):
             return str(block["text"]).encode("utf-8", "surrogatepass")
-        return _dumps({k: v for k, v in block.items() if k != "cache_control"}).encode(
-            "utf-8", "surrogatepass"
-        )
+        if "cache_control" in block:
+            block = {k: v for k, v in block.items() if k != "cache_control"}
     return _dumps(block).encode("utf-8", "surrogatepass")
 
 
-def _flatten(body: Mapping[str, Any]) -> list[_Block]:
+def _flatten(body: Mapping[str, Any], model_key: str) -> tuple[list[_Block], list[bytes]]:
+    """The request's blocks in prefix order, each with its token estimate, the cumulative
+    estimate and the fingerprint of the prefix it ends; and each block's bytes."""
     blocks: list[_Block] = []
+    raws: list[bytes] = []
+
+    def add(block: _Block, raw: bytes) -> None:
+        blocks.append(block)
+        raws.append(raw)
+
     tools = body.get("tools") or []
     for i, tool in enumerate(tools):
-        blocks.append(
-            _Block(
-                ("tools", i),
-                "tools",
-                True,
-                _json_tokens({k: v for k, v in tool.items() if k != "cache_control"}),
-                marker=tool.get("cache_control"),
-            )
-        )
-    if tools:
-        blocks[0].tokens += TOOL_USE_OVERHEAD_TOKENS
+        raw = _block_bytes(tool)
+        tokens = math.ceil(len(raw) / _CHARS_PER_TOKEN_JSON)
+        if i == 0:
+            tokens += TOOL_USE_OVERHEAD_TOKENS
+        add(_Block(("tools", i), "tools", True, tokens, marker=tool.get("cache_control")), raw)
     system = body.get("system")
     if isinstance(system, str):
-        blocks.append(_Block(("system", 0), "system", bool(system), 3 + _text_tokens(system)))
+        add(
+            _Block(("system", 0), "system", bool(system), 3 + _text_tokens(system)),
+            _block_bytes(system),
+        )
     elif isinstance(system, list):
         for i, block in enumerate(system):
-            blocks.append(
+            raw = _block_bytes(block)
+            add(
                 _Block(
                     ("system", i),
                     "system",
                     bool(block.get("text")),
-                    _block_tokens(block) + (3 if i == 0 else 0),
+                    _block_tokens(block, raw) + (3 if i == 0 else 0),
                     marker=block.get("cache_control"),
-                )
+                ),
+                raw,
             )
     for m, message in enumerate(body.get("messages") or []):
         content = message.get("content")
         role = message.get("role")
+        # Where a turn starts matters to the prompt: the role goes into its first block.
+        start = b"\x01" + str(role).encode()
         if isinstance(content, str):
-            blocks.append(
+            add(
                 _Block(
                     ("messages", m, 0),
                     "messages",
                     bool(content),
                     4 + _text_tokens(content),
                     role=role,
-                )
+                ),
+                start + content.encode("utf-8", "surrogatepass"),
             )
             continue
         for b, block in enumerate(content or []):
             kind = block.get("type")
+            raw = _block_bytes(block)
             markable = kind in _MARKABLE and not (kind == "text" and not block.get("text"))
-            blocks.append(
+            add(
                 _Block(
                     ("messages", m, b),
                     "messages",
                     markable and kind not in _UNMARKABLE,
-                    _block_tokens(block) + (4 if b == 0 else 0),
+                    _block_tokens(block, raw) + (4 if b == 0 else 0),
                     marker=block.get("cache_control"),
                     role=role,
-                )
+                ),
+                start + raw if b == 0 else raw,
             )
-    return blocks
-
-
-def _chain(body: Mapping[str, Any], blocks: list[_Block], model_key: str) -> list[bytes]:
-    """Fill each block's cumulative token estimate and prefix fingerprint; the blocks' bytes."""
-    items: list[Any] = list(body.get("tools") or [])
-    system = body.get("system")
-    items.extend([system] if isinstance(system, str) else (system or []))
-    for message in body.get("messages") or []:
-        content = message.get("content")
-        prefix = b"\x01" + str(message.get("role")).encode()
-        if isinstance(content, str):
-            items.append(prefix + content.encode("utf-8", "surrogatepass"))
-        else:
-            for b, block in enumerate(content or []):
-                items.append(prefix + _block_bytes(block) if b == 0 else block)
     h = xxhash.xxh3_64_intdigest(model_key.encode())
     cum = 0
-    raws = []
-    for block, item in zip(blocks, items, strict=True):
-        raw = item if isinstance(item, bytes) else _block_bytes(item)
-        raws.append(raw)
+    for block, raw in zip(blocks, raws, strict=True):
         h = xxhash.xxh3_64_intdigest(raw, seed=h)
         cum += block.tokens
         block.cum = cum
         block.fp = h
-    return raws
+    return blocks, raws
 
 
 # --------------------------------------------------------------------------- stats
@@ -357,6 +335,16 @@ class PrefixStats:
                 del self._alive[fp]
                 return None
             return entry[1]
+
+    def last_alive(self, fps: Sequence[int], before: int, now: float) -> int | None:
+        """The highest index below ``before`` whose prefix has a live cache entry."""
+        with self._lock:
+            alive = self._alive
+            for index in range(before - 1, -1, -1):
+                entry = alive.get(fps[index])
+                if entry is not None and entry[0] > now:
+                    return index
+            return None
 
     def record(self, fp: int) -> _Record | None:
         with self._lock:
@@ -523,19 +511,26 @@ class Planner:
         min_tokens = info.min_cacheable_tokens if info else UNKNOWN_MODEL_MIN_TOKENS
         if self.policy == "off":
             return Plan(
-                dict(body), self._caller_breakpoints(body, []), [], "off", model, min_tokens, 0
+                dict(body),
+                self._caller_breakpoints(list(iter_cache_markers(body)), []),
+                [],
+                "off",
+                model,
+                min_tokens,
+                0,
             )
         now = self.clock.now() if now is None else now
-        blocks = _flatten(body)
+        blocks, raws = _flatten(body, info.name if info else model)
         if not blocks:
             return Plan(dict(body), [], [], self.policy, model, min_tokens, 0)
-        raws = _chain(body, blocks, info.name if info else model)
         self._buster.see(blocks, raws)
         total = blocks[-1].cum
         self._planning = body
 
         caller = [b for b in blocks if b.marker is not None]
-        lifted = self._lifted_markers(body)
+        existing = list(iter_cache_markers(body))
+        # Markers inside a tool_result's last block are lifted to the block (count them).
+        lifted = sum(1 for path, _ in existing if path.count(".content.") == 2)
         auto = "cache_control" in body
         slots = MAX_BREAKPOINTS - len(caller) - lifted - (1 if auto else 0)
         skipped: list[tuple[str, str]] = []
@@ -555,7 +550,7 @@ class Planner:
         plan_body = self._apply(body, chosen)
         plan = Plan(
             plan_body,
-            self._caller_breakpoints(body, blocks),
+            self._caller_breakpoints(existing, blocks),
             skipped,
             self.policy,
             model,
@@ -624,10 +619,7 @@ class Planner:
             # (A request sent again whole "extends" its own tail: that is no bridge.)
             known = extended if extended is not None and extended < tail_index else None
             if known is None:
-                for index in range(tail_index - 1, -1, -1):
-                    if stats.alive(blocks[index].fp, now) is not None:
-                        known = index
-                        break
+                known = stats.last_alive(fps, tail_index, now)
             if (
                 known is not None
                 and tail_index - known > LOOKBACK_BLOCKS - 1
@@ -766,15 +758,14 @@ class Planner:
         return out
 
     @staticmethod
-    def _lifted_markers(body: Mapping[str, Any]) -> int:
-        # Markers inside a tool_result's last block are lifted to the block (count them).
-        return sum(1 for path, _ in iter_cache_markers(body) if path.count(".content.") == 2)
-
-    @staticmethod
-    def _caller_breakpoints(body: Mapping[str, Any], blocks: list[_Block]) -> list[Breakpoint]:
+    def _caller_breakpoints(
+        existing: list[tuple[str, Any]], blocks: list[_Block]
+    ) -> list[Breakpoint]:
+        if not existing:
+            return []
         cums = {_public_path(b.path): b.cum for b in blocks}
         out = []
-        for path, marker in iter_cache_markers(body):
+        for path, marker in existing:
             where = path.removesuffix(".cache_control")
             ttl = str(marker.get("ttl", "5m")) if isinstance(marker, Mapping) else "5m"
             kind = "auto" if where == "cache_control" else "caller"
@@ -901,25 +892,31 @@ class _BustDetector:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._prev: tuple[list[str], list[int], list[bytes]] | None = None
+        self._prev: tuple[list[_Block], list[bytes]] | None = None
         self._pending: tuple[str, str] | None = None
         self._streak: dict[str, int] = {}
         self._warned: set[str] = set()
 
     def see(self, blocks: list[_Block], raws: list[bytes]) -> None:
-        paths = [_public_path(b.path) for b in blocks]
-        fps = [b.fp for b in blocks]
         with self._lock:
-            prev, self._prev = self._prev, (paths, fps, raws)
+            prev, self._prev = self._prev, (blocks, raws)
             self._pending = None
             if prev is None:
                 return
-            prev_paths, prev_fps, prev_raws = prev
+            prev_blocks, prev_raws = prev
             d = next(
-                (i for i, (a, b) in enumerate(zip(prev_fps, fps, strict=False)) if a != b), None
+                (
+                    i
+                    for i, (a, b) in enumerate(zip(prev_blocks, blocks, strict=False))
+                    if a.fp != b.fp
+                ),
+                None,
             )
-            if d is None or prev_paths[d] != paths[d]:
+            if d is None or prev_blocks[d].path != blocks[d].path:
                 return
+            # Only now, on a divergence, are the readable paths worth building.
+            paths = [_public_path(b.path) for b in blocks]
+            prev_paths = [_public_path(b.path) for b in prev_blocks]
             old, new = prev_raws[d], raws[d]
             if paths[d].startswith("tools."):
                 tools_old = [
