@@ -232,6 +232,7 @@ def _flatten(body: Mapping[str, Any], model_key: str) -> tuple[list[_Block], lis
 
 @dataclass
 class _Record:
+    kind: str
     count: int = 0
     last: float = 0.0
     gaps: deque[float] = field(default_factory=lambda: deque(maxlen=32))
@@ -243,13 +244,22 @@ class _Family:
 
     prior_recur: float
     prior_gap: float  # seconds, the typical reuse gap before anything is known
-    new: int = 0
-    recurred: int = 0
+    recurred: int = 0  # prefixes (or tails) that were used again
+    lapsed: int = 0  # prefixes (or tails) not used again within the longest TTL
     gaps: deque[float] = field(default_factory=lambda: deque(maxlen=256))
 
     def recur_rate(self) -> float:
-        # Laplace-style smoothing toward the prior, worth 3 observations.
-        return (self.recurred + 3 * self.prior_recur) / (self.new + 3)
+        # Only settled cases count: a prefix seen a moment ago has not had its chance to
+        # recur yet (many conversations in flight at once would otherwise look like none
+        # continues). Smoothed toward the prior, worth 3 observations.
+        return (self.recurred + 3 * self.prior_recur) / (self.recurred + self.lapsed + 3)
+
+
+# Beyond the longest TTL nothing can be read again, so a prefix unused for that long has
+# settled as "did not recur". A conversation not continued within 10 minutes is taken as
+# ended: tails are read within seconds in agent loops and within minutes in chats.
+_HORIZON = TTL_SECONDS["1h"]
+_TAIL_HORIZON = 600.0
 
 
 class PrefixStats:
@@ -263,25 +273,50 @@ class PrefixStats:
         self._lock = threading.Lock()
         self._max = max_prefixes
         self._prefixes: OrderedDict[int, _Record] = OrderedDict()
-        self._tails: OrderedDict[int, float] = OrderedDict()
+        self._tails: OrderedDict[int, tuple[float, str]] = OrderedDict()
         self._alive: OrderedDict[int, tuple[float, str]] = OrderedDict()
+        self._first_seen: deque[tuple[float, int]] = deque()
         self._families = {
             "tools": _Family(prior_recur=0.8, prior_gap=60.0),
             "system": _Family(prior_recur=0.8, prior_gap=60.0),
-            "context": _Family(prior_recur=0.5, prior_gap=60.0),
+            # A long document may well be asked about once: until reuse is seen, assume it
+            # comes too late for a 5-minute entry.
+            "context": _Family(prior_recur=0.5, prior_gap=600.0),
+            # A conversation's first request, and a request that continues one.
+            "tail_first": _Family(prior_recur=0.5, prior_gap=5.0),
             "tail": _Family(prior_recur=0.8, prior_gap=5.0),
         }
+
+    def _settle(self, now: float) -> None:
+        # First sightings settle, in arrival order, once the longest TTL has passed; the
+        # records themselves stay (their gaps are the history that chooses the TTL).
+        cutoff = now - _HORIZON
+        pending = self._first_seen
+        while pending and pending[0][0] < cutoff:
+            _, fp = pending.popleft()
+            record = self._prefixes.get(fp)
+            if record is not None and record.count == 1:
+                self._families[record.kind].lapsed += 1
+        tails = self._tails
+        cutoff = now - _TAIL_HORIZON
+        while tails:
+            fp, (when, kind) = next(iter(tails.items()))
+            if when >= cutoff:
+                break
+            del tails[fp]
+            self._families[kind].lapsed += 1
 
     # -- observations -----------------------------------------------------------------
 
     def sight(self, kind: str, fp: int, now: float) -> _Record:
         """Record that a shared prefix (tools, system, context) was seen at ``now``."""
         with self._lock:
+            self._settle(now)
             record = self._prefixes.get(fp)
             family = self._families[kind]
             if record is None:
-                record = self._prefixes[fp] = _Record()
-                family.new += 1
+                record = self._prefixes[fp] = _Record(kind)
+                self._first_seen.append((now, fp))
                 if len(self._prefixes) > self._max:
                     self._prefixes.popitem(last=False)
             else:
@@ -298,20 +333,21 @@ class PrefixStats:
     def find_extended_tail(self, fps: Sequence[int], now: float) -> int | None:
         """If an earlier request's tail is a prefix of this one, learn from it; its index."""
         with self._lock:
+            self._settle(now)
             for index in range(len(fps) - 1, -1, -1):
                 seen = self._tails.pop(fps[index], None)
                 if seen is not None:
-                    family = self._families["tail"]
+                    when, kind = seen
+                    family = self._families[kind]
                     family.recurred += 1
-                    family.gaps.append(max(0.0, now - seen))
+                    family.gaps.append(max(0.0, now - when))
                     return index
             return None
 
-    def add_tail(self, fp: int, now: float) -> None:
+    def add_tail(self, fp: int, now: float, kind: str = "tail") -> None:
+        """Remember a request's tail, to learn whether (and how soon) a later one extends it."""
         with self._lock:
-            if fp not in self._tails:
-                self._families["tail"].new += 1
-            self._tails[fp] = now
+            self._tails[fp] = (now, kind)
             self._tails.move_to_end(fp)
             if len(self._tails) > self._max:
                 self._tails.popitem(last=False)
@@ -457,14 +493,22 @@ class _Candidate:
     value: float = 0.0
     ttl: str | None = None
     reason: str = ""
+    live: bool = False  # the prefix is already cached: marking it reads, it writes nothing
+    eligible: bool = False  # long enough to be cached at all
 
 
-def _p_within(gaps: Sequence[float], seconds: float, prior_gap: float) -> float:
-    """P(next reuse comes within ``seconds``): the observed share, or an exponential prior."""
-    if len(gaps) >= 2:
-        hits = sum(1 for g in gaps if g <= seconds)
-        return (hits + 0.5) / (len(gaps) + 1)
-    return 1 - math.exp(-seconds / max(prior_gap, 1e-9))
+_PSEUDO = 3.0  # weight of the prior, in observations
+_MIN_GAIN = 0.15  # expected saving per token a paid cache write must promise
+
+
+def _p_within(gaps: Sequence[float], seconds: float, prior: float) -> float:
+    """P(next reuse comes within ``seconds``): the observed share, shrunk toward ``prior``.
+
+    A handful of gaps is noisy, and a wrong 1-hour write costs four times a wrong 5-minute
+    one, so small samples lean on what is known of the whole family.
+    """
+    hits = sum(1 for g in gaps if g <= seconds)
+    return (hits + _PSEUDO * prior) / (len(gaps) + _PSEUDO)
 
 
 class Planner:
@@ -534,18 +578,35 @@ class Planner:
         auto = "cache_control" in body
         slots = MAX_BREAKPOINTS - len(caller) - lifted - (1 if auto else 0)
         skipped: list[tuple[str, str]] = []
-        candidates = self._candidates(body, blocks, auto, now, skipped)
-        for c in candidates:
-            self._price(c, blocks, min_tokens, now, skipped)
+        tail = _last_markable(blocks)
+        fps = [b.fp for b in blocks]
+        extended = self.stats.find_extended_tail(fps, now)
+        if extended is not None and tail is not None and extended >= blocks.index(tail):
+            extended = None  # the same request again is not a continuation of itself
+        # A request that continues a conversation whose prefix is still cached reads through
+        # its tail; the shared prefixes inside it (tools, system) are not being reused on
+        # their own, so their statistics describe only independent arrivals.
+        covered = extended is not None and self.stats.alive(fps[extended], now) is not None
+        continuing = extended is not None or any(b.role == "assistant" for b in blocks)
+        tail_kind = "tail" if continuing else "tail_first"
+        candidates = self._candidates(blocks, auto, extended, tail_kind, now, skipped)
+        # Price from the tail backwards: a marker whose tokens a later marker writes anyway
+        # costs no write premium of its own.
+        later_write: str | None = None
+        for c in sorted(candidates, key=lambda c: c.block.cum, reverse=True):
+            self._price(c, blocks, min_tokens, now, skipped, later_write, covered)
+            if c.ttl is not None and not c.live:
+                later_write = later_write or c.ttl
         chosen = self._choose(candidates, slots, caller, skipped)
         # Learn from this request only after pricing it, so it does not count as its own
-        # evidence.
-        for c in candidates:
-            if c.kind in ("tools", "system", "context"):
-                self.stats.sight(c.kind, c.block.fp, now)
-        tail = _last_markable(blocks)
-        if tail is not None:
-            self.stats.add_tail(tail.fp, now)
+        # evidence; and only from prefixes long enough to be cached at all — how often a
+        # short prefix recurs says nothing about the ones that matter.
+        if not covered:
+            for c in candidates:
+                if c.eligible and c.kind in ("tools", "system", "context"):
+                    self.stats.sight(c.kind, c.block.fp, now)
+        if tail is not None and tail.cum >= min_tokens * _MARK_FROM:
+            self.stats.add_tail(tail.fp, now, tail_kind)
 
         plan_body = self._apply(body, chosen)
         plan = Plan(
@@ -570,9 +631,10 @@ class Planner:
 
     def _candidates(
         self,
-        body: Mapping[str, Any],
         blocks: list[_Block],
         auto: bool,
+        extended: int | None,
+        tail_kind: str,
         now: float,
         skipped: list[tuple[str, str]],
     ) -> list[_Candidate]:
@@ -604,22 +666,19 @@ class Planner:
         if context is not None:
             out.append(_Candidate(context, "context"))
 
-        fps = [b.fp for b in blocks]
-        extended = stats.find_extended_tail(fps, now)
         if tail is not None:
             if auto:
                 skipped.append(
                     (_public_path(tail.path), "the top-level cache_control covers the tail")
                 )
             else:
-                out.append(_Candidate(tail, "tail"))
+                out.append(_Candidate(tail, tail_kind))
         # Bridge: the last prefix known to be cached, when the tail cannot see it (lookback).
         if tail is not None:
             tail_index = blocks.index(tail)
-            # (A request sent again whole "extends" its own tail: that is no bridge.)
-            known = extended if extended is not None and extended < tail_index else None
+            known = extended
             if known is None:
-                known = stats.last_alive(fps, tail_index, now)
+                known = stats.last_alive([b.fp for b in blocks], tail_index, now)
             if (
                 known is not None
                 and tail_index - known > LOOKBACK_BLOCKS - 1
@@ -635,15 +694,28 @@ class Planner:
         min_tokens: int,
         now: float,
         skipped: list[tuple[str, str]],
+        later_write: str | None = None,
+        covered: bool = False,
     ) -> None:
+        """Decide a candidate's TTL (or no marker) from what reuse has been observed.
+
+        A marker's gain per token is ``expected reads × 0.9 − write premium``. A shared
+        prefix (tools, system, context) that keeps recurring is read again and again while
+        its entry lives (each read refreshes it): with a chance ``q`` that the next use falls
+        within the TTL, ``q / (1 − q)`` reads. A tail is read once, by the next turn, with the
+        chance that the conversation continues within the TTL. The premium is 0.25 (5 m) or
+        1.0 (1 h) — less when a later marker in the same request writes these tokens anyway.
+        """
         where = _public_path(c.block.path)
         if not self._clears_minimum(c.block, min_tokens, blocks):
             c.reason = f"prefix ~{c.block.cum:,} tokens is under the {min_tokens:,}-token minimum"
             skipped.append((where, c.reason))
             return
+        c.eligible = True
         live = self.stats.alive(c.block.fp, now)
         if c.kind == "bridge" or live is not None:
             c.ttl = live or "5m"
+            c.live = True
             c.value = c.block.cum * READ_SAVING
             c.reason = "reads a prefix already cached" + (
                 " beyond the 20-block lookback of the tail" if c.kind == "bridge" else ""
@@ -652,52 +724,74 @@ class Planner:
         if self.policy == "always":
             c.ttl, c.value, c.reason = "5m", float(c.block.cum), "stable boundary (policy always)"
             return
-        if c.kind == "tail":
-            p, gaps, prior_gap = self.stats.family("tail")
-            single_use = True
-            seen = 0
+        fam_p, fam_gaps, prior_gap = self.stats.family(c.kind)
+
+        def family_within(seconds: float) -> float:
+            exponential = 1 - math.exp(-seconds / max(prior_gap, 1e-9))
+            return _p_within(fam_gaps, seconds, exponential)
+
+        seen = 0
+        gaps: list[float] = []
+        if c.kind in ("tail", "tail_first"):
+            p, single_use = fam_p, True
+            within = family_within
         else:
-            record = self.stats.record(c.block.fp)
-            fam_p, fam_gaps, prior_gap = self.stats.family(c.kind)
-            seen = record.count if record is not None else 0
-            if record is not None:
-                # Seen before and here again: it recurs. Its own gaps, this one included,
-                # say how soon.
-                n = record.count + 1
-                p = n / (n + 1)
-                gaps = [*record.gaps, max(0.0, now - record.last)]
-                if len(gaps) < 2:
-                    gaps = [*gaps, *fam_gaps[-8:]]
-            else:
-                p, gaps = fam_p, fam_gaps
             single_use = False
+            record = self.stats.record(c.block.fp)
+            if record is None:
+                p = fam_p
+                within = family_within
+            else:
+                # Seen before and here again: it recurs. Its own gaps say how soon (this
+                # arrival's too, unless it only continues a cached conversation).
+                seen = record.count
+                p = (record.count + 2 * fam_p) / (record.count + 2)
+                gaps = list(record.gaps)
+                if not covered:
+                    gaps.append(max(0.0, now - record.last))
+
+                def within(seconds: float) -> float:
+                    return _p_within(gaps, seconds, family_within(seconds))
+
+        premium = dict(WRITE_PREMIUM)
+        if later_write == "5m":
+            premium = {"5m": 0.0, "1h": WRITE_PREMIUM["1h"] - WRITE_PREMIUM["5m"]}
+        elif later_write == "1h":
+            premium = {"1h": 0.0}  # a 5m marker may not come before a 1h one
+        if not single_use and len(gaps) < 2 and premium.get("1h", 0.0) > 0:
+            # A 1-hour write costs four times a 5-minute one: wait for the prefix to show
+            # its rhythm (two gaps of its own) before paying for one.
+            premium.pop("1h")
         best: tuple[float, str | None] = (0.0, None)
-        for option in ("5m", "1h"):
-            q = p * _p_within(gaps, TTL_SECONDS[option], prior_gap)
+        for option, cost in premium.items():
+            q = p * within(TTL_SECONDS[option])
             reads = q if single_use else min(q / max(1e-9, 1 - q), 50.0)
-            gain = reads * READ_SAVING - WRITE_PREMIUM[option]
-            if gain > best[0] + 1e-12:
+            gain = reads * READ_SAVING - cost
+            # A write that only breaks even in expectation loses as often as it wins: demand
+            # a margin before paying a premium (a free marker needs none).
+            if gain > best[0] + 1e-12 and (cost == 0.0 or gain >= _MIN_GAIN):
                 best = (gain, option)
         gain, ttl = best
         if ttl is None:
             c.reason = (
                 "not expected to recur soon enough to pay for a cache write"
-                if c.kind != "tail"
+                if single_use is False
                 else "conversations here rarely continue soon enough to pay for a cache write"
             )
             skipped.append((where, c.reason))
             return
         c.ttl = ttl
-        c.value = gain * c.block.cum
-        reads = (gain + WRITE_PREMIUM[ttl]) / READ_SAVING
-        if c.kind == "tail":
+        c.value = max(gain, 1e-6) * c.block.cum
+        reads = (gain + premium[ttl]) / READ_SAVING
+        if single_use:
             c.reason = (
                 f"conversation tail: conversations continue ~{p:.0%} of the time, "
                 f"in time for a {ttl} entry"
             )
         else:
             first = "first sighting" if not seen else f"seen {seen}× before"
-            c.reason = f"{first}; a {ttl} write is expected to be read ~{reads:.1f}×"
+            free = " (written anyway by a later marker)" if premium[ttl] == 0.0 else ""
+            c.reason = f"{first}; a {ttl} entry is expected to be read ~{reads:.1f}×{free}"
 
     def _clears_minimum(self, block: _Block, min_tokens: int, blocks: list[_Block]) -> bool:
         estimate = block.cum
