@@ -62,6 +62,15 @@ from ._ledger import (
     price_usage,
 )
 from ._planner import Breakpoint, Plan, Planner, PlannerPolicy, PrefixStats
+from ._store import (
+    AsyncResponseStore,
+    CacheEntry,
+    DiskStore,
+    MemoryStore,
+    RedisStore,
+    ResponseStore,
+    StoreStats,
+)
 from ._types import Message
 from ._version import __version__
 from ._wire import MessageCreateParams, MessageParam, validate_request
@@ -77,6 +86,7 @@ __all__ = [
     "AsyncClient",
     "AsyncMessageStream",
     "AsyncPage",
+    "AsyncResponseStore",
     "AuthenticationError",
     "BadRequestError",
     "BatchError",
@@ -87,6 +97,7 @@ __all__ = [
     "BatchResults",
     "BillingError",
     "Breakpoint",
+    "CacheEntry",
     "CacheStoreError",
     "CallInfo",
     "CallOptions",
@@ -96,6 +107,7 @@ __all__ = [
     "ConflictError",
     "Cost",
     "DiskLedger",
+    "DiskStore",
     "Engine",
     "GatewayTimeoutError",
     "HaikuCacheError",
@@ -105,6 +117,7 @@ __all__ = [
     "LedgerTotals",
     "ManualClock",
     "MemoryLedger",
+    "MemoryStore",
     "Message",
     "MessageCreateParams",
     "MessageParam",
@@ -120,8 +133,11 @@ __all__ = [
     "PrefixStats",
     "PreparedCall",
     "RateLimitError",
+    "RedisStore",
     "RequestTooLargeError",
     "RequestValidationError",
+    "ResponseStore",
+    "StoreStats",
     "SyncPage",
     "SystemClock",
     "TokenCounts",

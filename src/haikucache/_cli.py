@@ -128,9 +128,12 @@ def _progress(total: int, enabled: bool) -> tuple[Callable[[str], None], Callabl
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from ._client import Client
     from ._demo import count_calls, run_demo
+    from ._store import MemoryStore
 
     ledger = DiskLedger(args.ledger_dir) if args.ledger_dir else DiskLedger()
-    engine = Engine(namespace="demo", ledger=ledger)
+    # A fresh response cache per run, so every run shows the same traffic (the ledger keeps
+    # the history).
+    engine = Engine(namespace="demo", ledger=ledger, store=MemoryStore())
     key = os.environ.get("ANTHROPIC_API_KEY")
     emulator = None
     if key and not args.emulator:

@@ -34,7 +34,9 @@ from ._exceptions import (
     RequestValidationError,
     UsageError,
 )
+from ._replay import message_to_events
 from ._sse import MessageAccumulator
+from ._store import CacheEntry
 from ._types import (
     ContentBlockDeltaEvent,
     DeletedMessageBatch,
@@ -216,11 +218,55 @@ class _CallContext:
         return self.engine.validate_count_tokens(params, api_version=version)
 
     def finish(self, call: PreparedCall, data: dict[str, Any], headers: httpx.Headers) -> Message:
-        """Wrap and account a complete message."""
+        """Wrap, account and store a complete message that came from upstream."""
         message = Message(data)
         message._request_id = headers.get("request-id")
         message.haikucache = self.engine.record(call, data)
+        self.engine.store_answer(call, data, message.haikucache)
         return message
+
+    def hit(self, call: PreparedCall, entry: CacheEntry) -> Message:
+        """A stored answer, served locally and accounted as a hit."""
+        data, info = self.engine.hit(call, entry)
+        message = Message(data)
+        message.haikucache = info
+        return message
+
+
+_REPLAY_HEADERS = httpx.Headers(
+    {"content-type": "text/event-stream; charset=utf-8", "x-haikucache-cache": "hit"}
+)
+
+
+class _ReplayEvents:
+    """The events of a stored answer, shaped like an upstream event stream."""
+
+    def __init__(self, message: Message) -> None:
+        self._events = message_to_events(message.to_dict())
+        self.headers = _REPLAY_HEADERS
+        self.response = httpx.Response(200, headers=_REPLAY_HEADERS)
+        self.request_id: str | None = None
+
+    def __iter__(self) -> _ReplayEvents:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._events)
+
+    def __aiter__(self) -> _ReplayEvents:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            return next(self._events)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    def close(self) -> None:
+        self._events = iter(())
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------- streams
@@ -229,10 +275,17 @@ class _CallContext:
 class _StreamState:
     """The non-I/O half of a message stream: typing events, accumulating, accounting."""
 
-    def __init__(self, context: _CallContext, call: PreparedCall, headers: httpx.Headers) -> None:
+    def __init__(
+        self,
+        context: _CallContext,
+        call: PreparedCall,
+        headers: httpx.Headers,
+        replayed: Message | None = None,
+    ) -> None:
         self._context = context
         self._call = call
         self._headers = headers
+        self._replayed = replayed  # a stored answer being replayed: already accounted
         self.accumulator = MessageAccumulator()
         self.final: Message | None = None
 
@@ -244,7 +297,12 @@ class _StreamState:
         if self.accumulator.done and self.final is None:
             # Accounted before message_stop is handed over, so that by the time a caller's
             # loop ends, the final message and its cost are known.
-            self.final = self._context.finish(self._call, self.accumulator.message(), self._headers)
+            if self._replayed is not None:
+                self.final = self._replayed
+            else:
+                self.final = self._context.finish(
+                    self._call, self.accumulator.message(), self._headers
+                )
         return StreamEvent(data)
 
     def on_end(self) -> None:
@@ -289,7 +347,7 @@ class MessageStream:
         ...     message = stream.get_final_message()
     """
 
-    def __init__(self, events: EventStream, state: _StreamState) -> None:
+    def __init__(self, events: EventStream | _ReplayEvents, state: _StreamState) -> None:
         self._events = events
         self._state = state
         self.response: httpx.Response = events.response
@@ -367,7 +425,7 @@ class MessageStream:
 class AsyncMessageStream:
     """The async twin of :class:`MessageStream` (``async for``; awaitable helpers)."""
 
-    def __init__(self, events: AsyncEventStream, state: _StreamState) -> None:
+    def __init__(self, events: AsyncEventStream | _ReplayEvents, state: _StreamState) -> None:
         self._events = events
         self._state = state
         self.response: httpx.Response = events.response
@@ -950,6 +1008,13 @@ class Messages:
         options = _call_options(namespace, no_cache, no_store, ttl, tags)
 
         call = self._context.prepare(params, options, extra_headers)
+        entry = self._context.engine.lookup(call)
+        if entry is not None:
+            message = self._context.hit(call, entry)
+            if not call.stream:
+                return message
+            state = _StreamState(self._context, call, _REPLAY_HEADERS, replayed=message)
+            return MessageStream(_ReplayEvents(message), state)
         if call.stream:
             events = self._upstream.stream_sse(
                 "POST",
@@ -1307,6 +1372,13 @@ class AsyncMessages:
         options = _call_options(namespace, no_cache, no_store, ttl, tags)
 
         call = self._context.prepare(params, options, extra_headers)
+        entry = await self._context.engine.alookup(call)
+        if entry is not None:
+            message = self._context.hit(call, entry)
+            if not call.stream:
+                return message
+            state = _StreamState(self._context, call, _REPLAY_HEADERS, replayed=message)
+            return AsyncMessageStream(_ReplayEvents(message), state)
         if call.stream:
             events = await self._upstream.stream_sse(
                 "POST",

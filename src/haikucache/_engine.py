@@ -3,9 +3,10 @@
 A door (the client, the SDK middleware, the LangChain and LlamaIndex adapters, the decorator,
 the proxy) turns its input into a Messages request and calls the stages in order::
 
-    call = engine.prepare(params, options)     # 1 validate, 2 key, (3 lookup: later), 4 plan
+    call = engine.prepare(params, options)     # 1 validate, 2 key, 4 plan
+    entry = engine.lookup(call)                # 3 lookup: a stored answer → engine.hit(call, entry)
     ...the door sends call.body upstream...    # 5 route, 6 upstream: the door's own I/O
-    info = engine.record(call, message)        # 7 account (and teach the planner), (8 store)
+    info = engine.record(call, message)        # 7 account (and teach the planner), 8 store
 
 The engine itself does no network I/O, so the sync and async doors share it unchanged.
 """
@@ -25,6 +26,14 @@ from ._exceptions import ConfigurationError, RequestValidationError
 from ._keys import request_key
 from ._ledger import DiskLedger, Ledger, LedgerEntry, now_entry
 from ._planner import Plan, Planner, PlannerPolicy
+from ._store import (
+    AsyncResponseStore,
+    CacheEntry,
+    DiskStore,
+    MemoryStore,
+    ResponseStore,
+    is_storable,
+)
 from ._wire import API_VERSIONS, validate_request
 
 __all__ = ["CallInfo", "CallOptions", "Engine", "PreparedCall", "default_ledger", "namespace_for"]
@@ -191,6 +200,11 @@ class Engine:
         default_model: model used by doors that do not name one.
         planner: where prompt-cache breakpoints go: a :class:`Planner`, or a policy name —
             ``"adaptive"`` (default), ``"always"`` or ``"off"``.
+        store: the response cache: a store (:class:`DiskStore`, :class:`RedisStore`,
+            :class:`MemoryStore`), ``"disk"`` (the user's cache directory) or ``"memory"``;
+            ``None`` (default) keeps no answers.
+        cache_ttl: seconds a stored answer stays valid unless a call says otherwise
+            (``None``: until evicted or invalidated).
     """
 
     def __init__(
@@ -201,6 +215,8 @@ class Engine:
         clock: Clock | None = None,
         default_model: str = DEFAULT_MODEL,
         planner: Planner | PlannerPolicy | str = "adaptive",
+        store: ResponseStore | str | None = None,
+        cache_ttl: float | None = None,
     ) -> None:
         if not isinstance(namespace, str) or not namespace:
             raise ConfigurationError("namespace must be a non-empty string")
@@ -220,6 +236,22 @@ class Engine:
             self.planner = Planner(planner, clock=self.clock)
         else:
             raise ConfigurationError(f"planner must be a Planner or a policy name, got {planner!r}")
+        if store == "disk":
+            store = DiskStore()
+        elif store == "memory":
+            store = MemoryStore()
+        elif isinstance(store, str) or (
+            store is not None and not callable(getattr(store, "get", None))
+        ):
+            raise ConfigurationError(
+                f"store must be a ResponseStore, 'disk', 'memory' or None, got {store!r}"
+            )
+        self.store: ResponseStore | None = store
+        if cache_ttl is not None and (isinstance(cache_ttl, bool) or cache_ttl <= 0):
+            raise ConfigurationError(
+                f"cache_ttl must be a positive number of seconds, got {cache_ttl!r}"
+            )
+        self.cache_ttl = cache_ttl
 
     @classmethod
     def for_credentials(cls, credential: str | None, **kwargs: Any) -> Engine:
@@ -289,6 +321,77 @@ class Engine:
         body = {k: v for k, v in params.items() if v is not None}
         validate_request(body, api_version=api_version, count_tokens=True)
         return body
+
+    def lookup(self, call: PreparedCall) -> CacheEntry | None:
+        """The stored answer for this exact request, if the response cache has one.
+
+        A failing store is a miss (it logs); ``no_cache`` skips the lookup.
+        """
+        if self.store is None or call.options.no_cache:
+            return None
+        return self.store.get(call.key, now=self.clock.now())
+
+    async def alookup(self, call: PreparedCall) -> CacheEntry | None:
+        """The async twin of :meth:`lookup` (real I/O only for network stores)."""
+        if self.store is None or call.options.no_cache:
+            return None
+        if isinstance(self.store, AsyncResponseStore):
+            return await self.store.aget(call.key, now=self.clock.now())
+        return self.store.get(call.key, now=self.clock.now())
+
+    def hit(self, call: PreparedCall, entry: CacheEntry) -> tuple[dict[str, Any], CallInfo]:
+        """Serve a stored answer: a copy with a fresh id, and its accounting as a hit."""
+        message = dict(entry.response)
+        # Every answer gets its own id, as the API gives (a replay is a new response).
+        message["id"] = (
+            "msg_"
+            + xxhash.xxh3_128_hexdigest(f"{entry.key}:{self.clock.now()}:{id(message)}".encode())[
+                :24
+            ]
+        )
+        ledger_entry = now_entry(
+            self.clock,
+            namespace=call.namespace,
+            model=call.model,
+            cache="hit",
+            usage=entry.usage,
+        )
+        if self._ledger is not None:
+            self._ledger.record(ledger_entry)
+        return message, CallInfo.from_entry(ledger_entry, call.key)
+
+    def _entry_to_store(
+        self, call: PreparedCall, message: Mapping[str, Any], info: CallInfo
+    ) -> CacheEntry | None:
+        if self.store is None or call.options.no_store or not is_storable(message):
+            return None
+        ttl = call.options.ttl if call.options.ttl is not None else self.cache_ttl
+        return CacheEntry.for_message(
+            key=call.key,
+            namespace=call.namespace,
+            message=message,
+            now=self.clock.now(),
+            ttl=ttl,
+            cost_usd=info.cost_usd,
+            baseline_usd=info.baseline_usd,
+            tags=call.options.tags,
+        )
+
+    def store_answer(self, call: PreparedCall, message: Mapping[str, Any], info: CallInfo) -> bool:
+        """Keep a complete answer (``end_turn``, ``tool_use``, ``stop_sequence``) for reuse."""
+        entry = self._entry_to_store(call, message, info)
+        return bool(entry is not None and self.store is not None and self.store.put(entry))
+
+    async def astore_answer(
+        self, call: PreparedCall, message: Mapping[str, Any], info: CallInfo
+    ) -> bool:
+        """The async twin of :meth:`store_answer`."""
+        entry = self._entry_to_store(call, message, info)
+        if entry is None or self.store is None:
+            return False
+        if isinstance(self.store, AsyncResponseStore):
+            return await self.store.aput(entry)
+        return self.store.put(entry)
 
     def record(
         self,
