@@ -35,10 +35,14 @@ typecheck: install
 	$(BIN)/mypy
 
 bench: install  ## benchmark figures quoted in the README
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/bench_overhead.py --json bench-overhead.json
+	$(BIN)/python benchmarks/bench_cost.py --json bench-cost.json --png docs/bench_cost.png
 
 bench-quick: install
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/bench_overhead.py --quick --json bench-overhead.json
+	$(BIN)/python benchmarks/bench_cost.py --quick --json bench-cost.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cache build dist

@@ -164,3 +164,32 @@ def test_emulator_command_serves_until_interrupted(
     assert reply.status_code == 200 and reply.json()["type"] == "message"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=10) == 0
+
+
+def test_explain_prints_the_plan_and_rejects_bad_requests(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    request = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 256,
+        "system": "Refunds go to the original form of payment. " * 700,
+        "messages": [{"role": "user", "content": "Where is my refund?"}],
+    }
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(request))
+    code, text = run(["explain", str(path)])
+    assert code == 0
+    assert "added 5m at system.0" in text and "[tail]" in text
+    code, raw = run(["explain", "--json", str(path)])
+    plan = json.loads(raw)
+    assert plan["body"]["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert [b["path"] for b in plan["plan"]["breakpoints"]] == ["system.0", "messages.0.content.0"]
+    code, raw = run(["explain", "--policy", "off", "--json", str(path)])
+    assert json.loads(raw)["body"] == request
+
+    path.write_text(json.dumps({**request, "max_tokens": 100_000}))
+    assert main(["explain", str(path)]) == 2
+    assert "max_tokens" in capsys.readouterr().err
+    path.write_text("{not json")
+    assert main(["explain", str(path)]) == 2
+    assert main(["explain", str(tmp_path / "missing.json")]) == 2

@@ -619,7 +619,13 @@ class Planner:
             total,
         )
         plan.breakpoints.extend(
-            Breakpoint(_public_path(c.block.path), c.kind, c.ttl or "5m", c.block.cum, c.reason)
+            Breakpoint(
+                _public_path(c.block.path),
+                "tail" if c.kind == "tail_first" else c.kind,
+                c.ttl or "5m",
+                c.block.cum,
+                c.reason,
+            )
             for c in chosen
         )
         plan.breakpoints.sort(key=lambda b: _order_key(b.path))
