@@ -272,24 +272,19 @@ def run_demo(
                     }
                 )
 
-    for question in _QUESTIONS:
-        reply = client.messages.create(
-            model=model,
-            max_tokens=256,
-            system="You answer questions about Haiku Air in two sentences.",
-            messages=[{"role": "user", "content": question}],
-        )
-        questions.add(reply, model)
-        tick(questions.name)
-
-    for review in _JOBS:
-        reply = client.messages.create(
-            model=model,
-            max_tokens=16,
-            system="Classify the airline review as positive, negative or mixed. One word.",
-            messages=[{"role": "user", "content": review}],
-        )
-        jobs.add(reply, model)
-        tick(jobs.name)
+    one_shot = (
+        (questions, _QUESTIONS, 256, "You answer questions about Haiku Air in two sentences."),
+        (jobs, _JOBS, 16, "Classify the airline review as positive, negative or mixed. One word."),
+    )
+    for section, prompts, max_tokens, system in one_shot:
+        for prompt in prompts:
+            reply = client.messages.create(
+                model=model,
+                max_tokens=max_tokens,
+                system=system,
+                messages=[{"role": "user", "content": prompt}],
+            )
+            section.add(reply, model)
+            tick(section.name)
 
     return DemoReport([agent, questions, jobs], upstream)
