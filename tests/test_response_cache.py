@@ -192,3 +192,44 @@ def test_the_replayed_bytes_parse_in_the_official_sdk(emulator: Emulator) -> Non
     sdk.close()
     assert final.content[0].text == original["content"][0]["text"]
     assert final.usage.input_tokens == original["usage"]["input_tokens"]
+
+
+def test_identical_calls_in_flight_make_one_upstream_request(emulator: Emulator) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    emulator.inject("latency", seconds=0.3, times=None)
+    ledger = MemoryLedger()
+    with (
+        client_for(emulator, MemoryStore(), ledger=ledger) as client,
+        ThreadPoolExecutor(6) as pool,
+    ):
+        replies = list(pool.map(lambda _: client.messages.create(**REQUEST), range(6)))
+    assert emulator.requests["messages"] == 1
+    assert len({r.content[0].text for r in replies}) == 1
+    assert len({r.id for r in replies}) == 6
+    assert sorted(e.cache for e in ledger.entries) == ["hit"] * 5 + ["miss"]
+    # Different requests are never merged.
+    with client_for(emulator, MemoryStore()) as client, ThreadPoolExecutor(3) as pool:
+        asks = [
+            {**REQUEST, "messages": [{"role": "user", "content": f"Question {i}?"}]}
+            for i in range(3)
+        ]
+        list(pool.map(lambda body: client.messages.create(**body), asks))
+    assert emulator.requests["messages"] == 4
+
+
+async def test_identical_async_calls_in_flight_make_one_upstream_request(
+    emulator: Emulator,
+) -> None:
+    import asyncio
+
+    emulator.inject("latency", seconds=0.3, times=None)
+    engine = Engine(ledger=False, store=MemoryStore())
+    async with AsyncClient(
+        api_key="k", base_url="http://e.test", transport=emulator.transport(), engine=engine
+    ) as client:
+        replies = await asyncio.gather(*(client.messages.create(**REQUEST) for _ in range(5)))
+        solo = await client.messages.create(**REQUEST, no_cache=True)
+    assert emulator.requests["messages"] == 2
+    assert [r.haikucache.cache for r in replies].count("miss") == 1  # type: ignore[union-attr]
+    assert solo.haikucache is not None and solo.haikucache.cache == "miss"

@@ -35,6 +35,7 @@ from ._exceptions import (
     UsageError,
 )
 from ._replay import message_to_events
+from ._singleflight import AsyncSingleFlight, SingleFlight
 from ._sse import MessageAccumulator
 from ._store import CacheEntry
 from ._types import (
@@ -191,6 +192,27 @@ class _CallContext:
     def __init__(self, engine: Engine, headers: Mapping[str, str]) -> None:
         self.engine = engine
         self.headers = headers
+        # Identical requests in flight at once make one upstream call (response cache on).
+        self.flights = SingleFlight()
+        self.aflights = AsyncSingleFlight()
+
+    def coalesce(self, call: PreparedCall) -> bool:
+        """Whether concurrent twins of this call may share one upstream answer."""
+        return self.engine.store is not None and not call.options.no_cache
+
+    def shared(self, call: PreparedCall, leader: Message) -> Message:
+        """A follower's copy of the answer its concurrent twin fetched: a hit, for $0."""
+        data = leader.to_dict()
+        info = leader.haikucache
+        entry = CacheEntry.for_message(
+            key=call.key,
+            namespace=call.namespace,
+            message=data,
+            now=self.engine.clock.now(),
+            cost_usd=info.cost_usd if info is not None else 0.0,
+            baseline_usd=info.baseline_usd if info is not None else 0.0,
+        )
+        return self.hit(call, entry)
 
     def _headers(self, extra_headers: HeaderTypes | None) -> Mapping[str, str]:
         return merge_headers(self.headers, extra_headers) if extra_headers else self.headers
@@ -1025,15 +1047,22 @@ class Messages:
                 timeout=timeout,
             )
             return MessageStream(events, _StreamState(self._context, call, events.headers))
-        data, headers = self._upstream.request_json(
-            "POST",
-            "/v1/messages",
-            json=call.body,
-            params=extra_query,
-            headers=extra_headers,
-            timeout=timeout,
-        )
-        return self._context.finish(call, data, headers)
+
+        def send() -> Message:
+            data, headers = self._upstream.request_json(
+                "POST",
+                "/v1/messages",
+                json=call.body,
+                params=extra_query,
+                headers=extra_headers,
+                timeout=timeout,
+            )
+            return self._context.finish(call, data, headers)
+
+        if not self._context.coalesce(call):
+            return send()
+        flight = self._context.flights.run(call.key, send)
+        return self._context.shared(call, flight.value) if flight.shared else flight.value
 
     def stream(self, **params: Any) -> MessageStreamManager:
         """``create(..., stream=True)`` as a context manager that closes the stream on exit.
@@ -1389,15 +1418,22 @@ class AsyncMessages:
                 timeout=timeout,
             )
             return AsyncMessageStream(events, _StreamState(self._context, call, events.headers))
-        data, headers = await self._upstream.request_json(
-            "POST",
-            "/v1/messages",
-            json=call.body,
-            params=extra_query,
-            headers=extra_headers,
-            timeout=timeout,
-        )
-        return self._context.finish(call, data, headers)
+
+        async def send() -> Message:
+            data, headers = await self._upstream.request_json(
+                "POST",
+                "/v1/messages",
+                json=call.body,
+                params=extra_query,
+                headers=extra_headers,
+                timeout=timeout,
+            )
+            return self._context.finish(call, data, headers)
+
+        if not self._context.coalesce(call):
+            return await send()
+        flight = await self._context.aflights.arun(call.key, send)
+        return self._context.shared(call, flight.value) if flight.shared else flight.value
 
     def stream(self, **params: Any) -> AsyncMessageStreamManager:
         """``async with client.messages.stream(...) as stream``; see :meth:`Messages.stream`."""
