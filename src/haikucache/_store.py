@@ -485,6 +485,18 @@ def _matches(entry: CacheEntry, tag: str | None, namespace: str | None) -> bool:
 class _BaseStore:
     """Counters, once-per-kind failure logging, strict mode and the context-manager protocol."""
 
+    def _encode_for_put(self, entry: CacheEntry) -> bytes | None:
+        """The bytes to store, or ``None`` when there is nothing to store (already expired,
+        or not encodable — logged, and raised in strict mode)."""
+        lifetime = entry.lifetime
+        if lifetime is not None and lifetime <= 0:
+            return None
+        try:
+            return encode_entry(entry)
+        except (TypeError, ValueError) as exc:
+            self._failed("encode", exc)
+            return None
+
     strict: bool
     default_ttl: float | None
 
@@ -768,13 +780,8 @@ class MemoryStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStor
         return entry
 
     def put(self, entry: CacheEntry, *, vector: bytes | None = None) -> bool:
-        lifetime = entry.lifetime
-        if lifetime is not None and lifetime <= 0:
-            return False
-        try:
-            data = encode_entry(entry)
-        except (TypeError, ValueError) as exc:
-            self._failed("encode", exc)
+        data = self._encode_for_put(entry)
+        if data is None:
             return False
         slot = _Slot(
             data=data,
@@ -1074,14 +1081,10 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
         return entry
 
     def put(self, entry: CacheEntry, *, vector: bytes | None = None) -> bool:
+        data = self._encode_for_put(entry)
+        if data is None:
+            return False
         lifetime = entry.lifetime
-        if lifetime is not None and lifetime <= 0:
-            return False
-        try:
-            data = encode_entry(entry)
-        except (TypeError, ValueError) as exc:
-            self._failed("encode", exc)
-            return False
         try:
             self._cache.set(entry.key, data, expire=lifetime, tag=entry.namespace)
             if entry.tags or entry.partition is not None:
@@ -1402,14 +1405,10 @@ class RedisStore(_BaseStore, ResponseStore, AsyncResponseStore):
         return keys
 
     def _put_args(self, entry: CacheEntry, vector: bytes | None) -> list[Any] | None:
+        data = self._encode_for_put(entry)
+        if data is None:
+            return None
         lifetime = entry.lifetime
-        if lifetime is not None and lifetime <= 0:
-            return None
-        try:
-            data = encode_entry(entry)
-        except (TypeError, ValueError) as exc:
-            self._failed("encode", exc)
-            return None
         ttl_ms = 0 if lifetime is None else max(1, math.ceil(lifetime * 1000))
         score = "+inf" if entry.expires_at is None else repr(entry.expires_at)
         return [
