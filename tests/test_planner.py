@@ -500,3 +500,18 @@ def test_stats_can_be_shared_between_planners() -> None:
         (a if i % 2 else b).plan(request([{"role": "user", "content": f"q{i}"}]))
         clock.advance(900)
     assert markers(a.plan(request()).body)["system.0"] == "1h"
+
+
+def test_one_planner_is_safe_to_share_between_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    planner = Planner(clock=ManualClock(), count_tokens=lambda body: 5000)
+    bodies = [request([{"role": "user", "content": f"Question {i}?"}]) for i in range(40)]
+    bodies += [{**b, "system": "Short system. " * 1000} for b in bodies]  # near the minimum
+    with ThreadPoolExecutor(8) as pool:
+        plans = list(pool.map(planner.plan, bodies))
+    for body, plan in zip(bodies, plans, strict=True):
+        validate_request(plan.body)
+        # Each plan is of its own request: markers only added, nothing else changed.
+        assert plan.body["messages"][0]["content"][0]["text"] == body["messages"][0]["content"]
+        assert plan.body["system"][0]["text"] == body["system"]

@@ -540,8 +540,8 @@ class Planner:
         self.stats = stats or PrefixStats()
         self._count_tokens = count_tokens
         self._exact: OrderedDict[int, int] = OrderedDict()
+        self._exact_lock = threading.Lock()
         self._buster = _BustDetector()
-        self._planning: Mapping[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"Planner(policy={self.policy!r})"
@@ -569,7 +569,6 @@ class Planner:
             return Plan(dict(body), [], [], self.policy, model, min_tokens, 0)
         self._buster.see(blocks, raws)
         total = blocks[-1].cum
-        self._planning = body
 
         caller = [b for b in blocks if b.marker is not None]
         existing = list(iter_cache_markers(body))
@@ -594,7 +593,7 @@ class Planner:
         # costs no write premium of its own.
         later_write: str | None = None
         for c in sorted(candidates, key=lambda c: c.block.cum, reverse=True):
-            self._price(c, blocks, min_tokens, now, skipped, later_write, covered)
+            self._price(c, body, min_tokens, now, skipped, later_write, covered)
             if c.ttl is not None and not c.live:
                 later_write = later_write or c.ttl
         chosen = self._choose(candidates, slots, caller, skipped)
@@ -696,7 +695,7 @@ class Planner:
     def _price(
         self,
         c: _Candidate,
-        blocks: list[_Block],
+        body: Mapping[str, Any],
         min_tokens: int,
         now: float,
         skipped: list[tuple[str, str]],
@@ -713,7 +712,7 @@ class Planner:
         1.0 (1 h) — less when a later marker in the same request writes these tokens anyway.
         """
         where = _public_path(c.block.path)
-        if not self._clears_minimum(c.block, min_tokens, blocks):
+        if not self._clears_minimum(c.block, min_tokens, body):
             c.reason = f"prefix ~{c.block.cum:,} tokens is under the {min_tokens:,}-token minimum"
             skipped.append((where, c.reason))
             return
@@ -799,7 +798,7 @@ class Planner:
             free = " (written anyway by a later marker)" if premium[ttl] == 0.0 else ""
             c.reason = f"{first}; a {ttl} entry is expected to be read ~{reads:.1f}×{free}"
 
-    def _clears_minimum(self, block: _Block, min_tokens: int, blocks: list[_Block]) -> bool:
+    def _clears_minimum(self, block: _Block, min_tokens: int, body: Mapping[str, Any]) -> bool:
         estimate = block.cum
         if self._count_tokens is None:
             return estimate >= min_tokens * _MARK_FROM
@@ -807,12 +806,15 @@ class Planner:
             return True
         if estimate < min_tokens * _CONFIRM_BELOW:
             return False
-        exact = self._exact.get(block.fp)
+        with self._exact_lock:
+            exact = self._exact.get(block.fp)
         if exact is None:
-            exact = self._count_tokens(_prefix_body(self._planning, block.path))
-            self._exact[block.fp] = exact
-            if len(self._exact) > 10_000:
-                self._exact.popitem(last=False)
+            # Counted outside the lock (it is an HTTP call); two threads may both ask once.
+            exact = self._count_tokens(_prefix_body(body, block.path))
+            with self._exact_lock:
+                self._exact[block.fp] = exact
+                if len(self._exact) > 10_000:
+                    self._exact.popitem(last=False)
         return exact >= min_tokens
 
     def _choose(
