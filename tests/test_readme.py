@@ -1,4 +1,4 @@
-"""Every ``python`` example in the README runs as written."""
+"""Every ``python`` example in the README and in docs/*.md runs as written."""
 
 from __future__ import annotations
 
@@ -9,22 +9,28 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+EXAMPLES = [
+    (f"{doc.stem}-{i}", code)
+    for doc in DOCS
+    for i, code in enumerate(re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S))
+]
 
 
 def test_the_readme_has_examples() -> None:
-    assert len(BLOCKS) >= 5
+    assert sum(name.startswith("README-") for name, _ in EXAMPLES) >= 5
 
 
-@pytest.mark.parametrize("code", BLOCKS, ids=[f"example-{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(code: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("code", [c for _, c in EXAMPLES], ids=[n for n, _ in EXAMPLES])
+def test_example_runs(code: str, tmp_path: Path) -> None:
     # A fresh interpreter, as a reader would run it; warnings are errors here too.
     proc = subprocess.run(
         [sys.executable, "-W", "error", "-c", code],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         cwd=tmp_path,
         env={"HAIKUCACHE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
     )
