@@ -441,6 +441,21 @@ def test_cache_busting_is_reported_once_with_the_block_and_offset(
     assert "system.0" in warnings[0] and f"character {offset}:" in warnings[0]
 
 
+def test_a_new_question_after_a_fixed_prompt_is_not_cache_busting(
+    client: Client, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The most common pattern: one long system prompt, a different (similar) question each time.
+    caplog.set_level(logging.WARNING, logger="haikucache")
+    for i in range(8):
+        body = request(system=POLICY)
+        body["messages"] = [
+            {"role": "user", "content": f"What does the policy say about reservation R{i:05}?"}
+        ]
+        client.messages.create(**body)
+        clock.advance(30)
+    assert not [r for r in caplog.records if "busting" in r.getMessage()]
+
+
 def test_tools_in_a_different_order_are_reported(
     client: Client, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:

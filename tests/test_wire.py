@@ -93,6 +93,18 @@ def test_roles() -> None:
     rejects(body(messages=[{"role": "user"}]), "messages.0.content")
 
 
+def test_empty_content_only_in_a_final_assistant_prefill() -> None:
+    rejects(body(messages=[{"role": "user", "content": ""}]), "messages.0.content", "empty")
+    rejects(body(messages=[{"role": "user", "content": []}]), "messages.0.content", "empty")
+    turns = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "Hello?"},
+    ]
+    rejects(body(messages=turns), "messages.1.content", "empty")
+    validate_request(body(messages=[*turns[:1], {"role": "assistant", "content": ""}]))
+
+
 def test_content_blocks() -> None:
     rejects(
         body(messages=[{"role": "user", "content": [{"text": "x"}]}]), "messages.0.content.0.type"

@@ -1014,7 +1014,9 @@ class _BustDetector:
                 ),
                 None,
             )
-            if d is None or prev_blocks[d].path != blocks[d].path:
+            if d is None or prev_blocks[d].path != blocks[d].path or d == len(blocks) - 1:
+                # A new last block is a new question, not a changing prefix: nothing cached
+                # after it is lost.
                 return
             # Only now, on a divergence, are the readable paths worth building.
             paths = [_public_path(b.path) for b in blocks]

@@ -289,10 +289,15 @@ def _validate_messages(messages: Any) -> None:
         if "content" not in message:
             raise _fail(f"{where}.content", "Field required")
         content = message["content"]
+        if not isinstance(content, (str, list)):
+            raise _fail(f"{where}.content", "must be a string or a list of content blocks")
+        if not content and not (m == len(messages) - 1 and role == "assistant"):
+            raise _fail(
+                f"{where}.content",
+                "must not be empty (only a final assistant message, a prefill, may be)",
+            )
         if isinstance(content, str):
             continue
-        if not isinstance(content, list):
-            raise _fail(f"{where}.content", "must be a string or a list of content blocks")
         for b, block in enumerate(content):
             _validate_block(block, f"{where}.content.{b}", role)
 
