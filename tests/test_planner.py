@@ -298,6 +298,25 @@ def usage(message: Any) -> tuple[int, int, int]:
     return u.input_tokens, u.cache_creation_input_tokens, u.cache_read_input_tokens
 
 
+def test_a_stable_system_prompt_before_changing_system_context_is_read(
+    client: Client, emulator: Emulator, clock: ManualClock
+) -> None:
+    # A RAG chat engine: the fixed system prompt, then retrieved context as a second system
+    # block that changes every turn.
+    for turn in range(5):
+        context = f"Context for turn {turn}: " + f"passage {turn} about fares and fees. " * 600
+        body = request(
+            system=[{"type": "text", "text": POLICY}, {"type": "text", "text": context}],
+            tools=None,
+        )
+        body["messages"] = [{"role": "user", "content": f"Question {turn} about the fees?"}]
+        reply = client.messages.create(**body)
+        assert "system.0" in markers(emulator.log[-1].body)
+        if turn:
+            assert usage(reply)[2] >= 4096  # the system prompt is read, not written again
+        clock.advance(40)
+
+
 def test_an_agent_loop_reads_its_prefix_on_every_turn_after_the_first(
     client: Client, clock: ManualClock
 ) -> None:

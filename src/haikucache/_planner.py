@@ -657,6 +657,22 @@ class Planner:
         if last_tool is not None and last_tool is not tail:
             out.append(_Candidate(last_tool, "tools"))
         if last_system is not None and last_system is not tail:
+            # A stable system prompt followed by per-call system text (a date, retrieved
+            # context: LlamaIndex's chat engines send both as system blocks) is cached only if
+            # the large block before the last one is a candidate of its own.
+            stable = next(
+                (
+                    b
+                    for b in blocks
+                    if b.section == "system"
+                    and b.markable
+                    and b is not last_system
+                    and b.tokens >= LARGE_BLOCK_TOKENS
+                ),
+                None,
+            )
+            if stable is not None:
+                out.append(_Candidate(stable, "system"))
             out.append(_Candidate(last_system, "system"))
         # The last large block before the tail: a document or retrieved context.
         context = None
