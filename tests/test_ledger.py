@@ -12,8 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from haikucache import DiskLedger, MemoryLedger, TokenCounts, lookup_model, price_usage
-from haikucache._ledger import now_entry, summarize
+from haikucache import (
+    ConfigurationError,
+    DiskLedger,
+    MemoryLedger,
+    TokenCounts,
+    lookup_model,
+    price_usage,
+)
+from haikucache._ledger import LedgerEntry, now_entry, summarize
 
 M = 1_000_000
 
@@ -169,3 +176,61 @@ def test_disk_ledger_is_private_and_survives_other_processes(tmp_path: Path) -> 
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
     ledger.clear()
     assert ledger.totals() == []
+
+
+def _miss() -> LedgerEntry:
+    usage = {"input_tokens": 100, "output_tokens": 10}
+    return now_entry(None, namespace="n", model="claude-haiku-4-5", cache="miss", usage=usage)
+
+
+def _calls(directory: Path) -> int:
+    reader = DiskLedger(directory)
+    try:
+        return summarize(reader.totals()).calls
+    finally:
+        reader.close()
+
+
+def test_disk_ledger_writes_in_batches_and_on_read_and_close(tmp_path: Path) -> None:
+    directory = tmp_path / "ledger"
+    ledger = DiskLedger(directory, flush_interval=3600)
+    for _ in range(10):
+        ledger.record(_miss())
+    assert _calls(directory) == 0  # still summed in memory
+    assert summarize(ledger.totals()).calls == 10  # reading writes first
+    assert _calls(directory) == 10
+    ledger.record(_miss())
+    ledger.close()
+    assert _calls(directory) == 11
+
+    counted = DiskLedger(tmp_path / "by-count", flush_interval=3600, flush_entries=5)
+    for _ in range(12):
+        counted.record(_miss())
+    assert _calls(tmp_path / "by-count") == 10
+    counted.close()
+
+
+def test_disk_ledger_pending_entries_are_written_at_exit(tmp_path: Path) -> None:
+    directory = tmp_path / "ledger"
+    script = textwrap.dedent(
+        f"""
+        from haikucache import DiskLedger
+        from haikucache._ledger import now_entry
+        u = {{"input_tokens": 100, "output_tokens": 10}}
+        e = lambda: now_entry(None, namespace="n", model="claude-haiku-4-5", cache="miss", usage=u)
+        ledger = DiskLedger({str(directory)!r}, flush_interval=3600)
+        for _ in range(7):
+            ledger.record(e())
+        del ledger                      # collected: written
+        kept = DiskLedger({str(directory)!r}, flush_interval=3600)
+        kept.record(e())                # never closed: written at exit
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ})
+    assert _calls(directory) == 8
+
+
+@pytest.mark.parametrize(("kwargs"), [{"flush_interval": -1}, {"flush_entries": 0}])
+def test_disk_ledger_rejects_bad_flush_settings(tmp_path: Path, kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigurationError):
+        DiskLedger(tmp_path, **kwargs)  # type: ignore[arg-type]

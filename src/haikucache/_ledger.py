@@ -22,6 +22,8 @@ import datetime as _dt
 import logging
 import os
 import threading
+import time
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -354,17 +356,93 @@ def make_private_dir(path: Path) -> Path:
     return path
 
 
+class _PendingTotals:
+    """Ledger entries summed in memory until they are written in one transaction."""
+
+    def __init__(self, cache: Any, directory: Path) -> None:
+        self.cache = cache
+        self.directory = directory
+        self.lock = threading.Lock()
+        self.buckets: dict[tuple[str, str, str], LedgerTotals] = {}
+        self.count = 0
+        self.flushed_at = time.monotonic()
+
+    def add(self, entry: LedgerEntry, *, most: int, every: float) -> bool:
+        """Add ``entry``; whether it is time to write."""
+        key = (entry.namespace, entry.model, entry.day)
+        with self.lock:
+            bucket = self.buckets.get(key)
+            if bucket is None:
+                bucket = self.buckets[key] = LedgerTotals(*key)
+            bucket.add(entry)
+            self.count += 1
+            return self.count >= most or time.monotonic() - self.flushed_at >= every
+
+    def drop(self) -> None:
+        with self.lock:
+            self.buckets = {}
+            self.count = 0
+
+    def flush(self) -> None:
+        with self.lock:
+            pending, self.buckets = self.buckets, {}
+            self.count = 0
+            self.flushed_at = time.monotonic()
+        if not pending:
+            return
+        try:
+            with self.cache.transact():
+                for (namespace, model, day), delta in pending.items():
+                    key = ("totals", namespace, model, day)
+                    data = self.cache.get(key)
+                    bucket = (
+                        LedgerTotals.from_dict(data)
+                        if data
+                        else LedgerTotals(namespace, model, day)
+                    )
+                    bucket.merge(delta)
+                    self.cache.set(key, bucket.to_dict())
+        except Exception as exc:  # a ledger failure must never fail the LLM call
+            logger.warning("haikucache: could not write the ledger at %s: %s", self.directory, exc)
+
+
 class DiskLedger(_BucketLedger):
     """A ledger persisted with ``diskcache`` (one SQLite file; many processes may share it).
+
+    Entries are summed in memory and written in one transaction every ``flush_interval``
+    seconds or ``flush_entries`` entries, whichever comes first, and whenever the ledger is
+    read, closed or garbage-collected, and at exit: a SQLite write per call would cost more
+    than a response-cache hit itself. A process killed outright loses at most that much
+    accounting, never an answer.
 
     Args:
         directory: where to keep it (default: ``default_cache_dir() / "ledger"``); created
             private to the user.
+        flush_interval: most seconds an entry waits in memory (``0``: write every entry).
+        flush_entries: most entries that wait in memory.
     """
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        flush_interval: float = 1.0,
+        flush_entries: int = 1_000,
+    ) -> None:
         import diskcache
 
+        if (
+            isinstance(flush_interval, bool)
+            or not isinstance(flush_interval, (int, float))
+            or flush_interval < 0
+        ):
+            raise ConfigurationError("flush_interval must be a number of seconds >= 0")
+        if (
+            isinstance(flush_entries, bool)
+            or not isinstance(flush_entries, int)
+            or flush_entries < 1
+        ):
+            raise ConfigurationError("flush_entries must be a positive integer")
         path = Path(directory) if directory is not None else default_cache_dir() / "ledger"
         self.directory = make_private_dir(path)
         old_umask = os.umask(0o077)
@@ -373,24 +451,24 @@ class DiskLedger(_BucketLedger):
         finally:
             os.umask(old_umask)
         self._warned_models = set()
+        self.flush_interval = float(flush_interval)
+        self.flush_entries = flush_entries
+        self._pending = _PendingTotals(self._cache, self.directory)
+        # Written when the ledger is collected or at exit, whichever comes first (the
+        # finalizer holds the pending totals, not the ledger).
+        self._finalizer = weakref.finalize(self, self._pending.flush)
 
     def record(self, entry: LedgerEntry) -> None:
         self._warn_unpriced(entry)
-        key = ("totals", entry.namespace, entry.model, entry.day)
-        try:
-            with self._cache.transact():
-                data = self._cache.get(key)
-                bucket = (
-                    LedgerTotals.from_dict(data)
-                    if data
-                    else LedgerTotals(entry.namespace, entry.model, entry.day)
-                )
-                bucket.add(entry)
-                self._cache.set(key, bucket.to_dict())
-        except Exception as exc:  # a ledger failure must never fail the LLM call
-            logger.warning("haikucache: could not write the ledger at %s: %s", self.directory, exc)
+        if self._pending.add(entry, most=self.flush_entries, every=self.flush_interval):
+            self._pending.flush()
+
+    def flush(self) -> None:
+        """Write the entries summed in memory now."""
+        self._pending.flush()
 
     def totals(self) -> list[LedgerTotals]:
+        self._pending.flush()
         buckets = []
         for key in self._cache.iterkeys():
             if isinstance(key, tuple) and key and key[0] == "totals":
@@ -400,9 +478,11 @@ class DiskLedger(_BucketLedger):
         return sorted(buckets, key=lambda b: (b.day, b.namespace, b.model))
 
     def clear(self) -> None:
+        self._pending.drop()
         self._cache.clear()
 
     def close(self) -> None:
+        self._pending.flush()
         self._cache.close()
 
 
