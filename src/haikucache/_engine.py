@@ -4,7 +4,8 @@ A door (the client, the SDK middleware, the LangChain and LlamaIndex adapters, t
 the proxy) turns its input into a Messages request and calls the stages in order::
 
     call = engine.prepare(params, options)     # 1 validate, 2 key, 4 plan
-    entry = engine.lookup(call)                # 3 lookup: a stored answer → engine.hit(call, entry)
+    entry = engine.lookup(call)                # 3 lookup: exact, then (opt-in) by meaning
+                                               #   → engine.hit(call, entry)
     ...the door sends call.body upstream...    # 5 route, 6 upstream: the door's own I/O
     info = engine.record(call, message)        # 7 account (and teach the planner), 8 store
 
@@ -13,7 +14,11 @@ The engine itself does no network I/O, so the sync and async doors share it unch
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +28,10 @@ import xxhash
 from ._catalog import DEFAULT_MODEL
 from ._clock import Clock, SystemClock
 from ._exceptions import ConfigurationError, RequestValidationError
-from ._keys import request_key
+from ._keys import partition_key, request_key
 from ._ledger import DiskLedger, Ledger, LedgerEntry, now_entry
 from ._planner import Plan, Planner, PlannerPolicy
+from ._semantic import SemanticConfig, SemanticIndex, SemanticMatch, last_user_text
 from ._store import (
     AsyncResponseStore,
     CacheEntry,
@@ -37,6 +43,8 @@ from ._store import (
 from ._wire import API_VERSIONS, validate_request
 
 __all__ = ["CallInfo", "CallOptions", "Engine", "PreparedCall", "default_ledger", "namespace_for"]
+
+logger = logging.getLogger("haikucache")
 
 # Keys of ``create()`` that belong to haikucache, never to the API.
 OPTION_NAMES = ("namespace", "no_cache", "no_store", "ttl", "tags")
@@ -88,6 +96,9 @@ class PreparedCall:
         api_version: the ``anthropic-version`` it will be sent with.
         betas: ``anthropic-beta`` values (part of the key).
         plan: the prompt-cache plan that placed ``body``'s breakpoints.
+        partition: the semantic partition (only when semantic lookup is on and the last
+            turn is plain user text; see :func:`haikucache.partition_key`).
+        text: the last user turn's text, for semantic lookup.
     """
 
     body: dict[str, Any]
@@ -99,6 +110,10 @@ class PreparedCall:
     api_version: str = API_VERSIONS[0]
     betas: tuple[str, ...] = ()
     plan: Plan | None = None
+    partition: str | None = None
+    text: str | None = None
+    # The embedding of ``text``, computed once by lookup and reused by store.
+    vector: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -205,6 +220,8 @@ class Engine:
             ``None`` (default) keeps no answers.
         cache_ttl: seconds a stored answer stays valid unless a call says otherwise
             (``None``: until evicted or invalidated).
+        semantic: turn on semantic lookup (needs a ``store``): a :class:`SemanticConfig`
+            naming the embedder, threshold and guards. Off by default.
     """
 
     def __init__(
@@ -217,6 +234,7 @@ class Engine:
         planner: Planner | PlannerPolicy | str = "adaptive",
         store: ResponseStore | str | None = None,
         cache_ttl: float | None = None,
+        semantic: SemanticConfig | None = None,
     ) -> None:
         if not isinstance(namespace, str) or not namespace:
             raise ConfigurationError("namespace must be a non-empty string")
@@ -252,12 +270,25 @@ class Engine:
                 f"cache_ttl must be a positive number of seconds, got {cache_ttl!r}"
             )
         self.cache_ttl = cache_ttl
+        if semantic is not None and not isinstance(semantic, SemanticConfig):
+            raise ConfigurationError(
+                f"semantic must be a SemanticConfig or None, got {type(semantic).__name__}"
+            )
+        if semantic is not None and store is None:
+            raise ConfigurationError("semantic lookup needs a response store (store=...)")
+        self.semantic = semantic
+        self._semantic_index = SemanticIndex(semantic) if semantic is not None else None
 
     @classmethod
     def for_credentials(cls, credential: str | None, **kwargs: Any) -> Engine:
         """An engine whose namespace is a hash of ``credential`` (the key is never kept)."""
         kwargs.setdefault("namespace", namespace_for(credential))
         return cls(**kwargs)
+
+    @property
+    def semantic_index(self) -> SemanticIndex | None:
+        """This engine's local vector indexes (``None`` when semantic lookup is off)."""
+        return self._semantic_index
 
     @property
     def ledger(self) -> Ledger | None:
@@ -273,11 +304,18 @@ class Engine:
         *,
         api_version: str = API_VERSIONS[0],
         betas: Sequence[str] = (),
+        defer_plan: bool = False,
     ) -> PreparedCall:
         """Validate, key and plan a Messages request.
 
         The key is computed on the caller's request (markers never change a key); the body to
         send carries the planner's breakpoints.
+
+        Args:
+            defer_plan: leave the planning to :meth:`plan`, which the door calls only when the
+                request goes upstream: a response-cache hit then costs no planning (and
+                teaches the planner nothing, since no prefix reached the API). Until then
+                ``call.body`` is the validated request and ``call.plan`` is ``None``.
 
         Raises:
             RequestValidationError: the API would reject it (nothing was sent).
@@ -299,9 +337,18 @@ class Engine:
         validate_request(body, api_version=api_version)
         namespace = options.namespace or self.namespace
         key = request_key(body, namespace=namespace, betas=betas)
-        plan = self.planner.plan(body)
+        plan = None if defer_plan else self.planner.plan(body)
+        partition = text = None
+        if self.semantic is not None:
+            text = last_user_text(body)
+            if text is not None and text.strip() and len(text) <= self.semantic.max_chars:
+                base = partition_key(body, namespace=namespace, betas=betas)
+                # The embedder is part of the partition: vectors of two models never meet.
+                partition = None if base is None else f"{base}:{self.semantic.model_tag}"
+            if partition is None:
+                text = None
         return PreparedCall(
-            body=plan.body,
+            body=body if plan is None else plan.body,
             key=key,
             model=body["model"],
             stream=bool(body.get("stream", False)),
@@ -310,7 +357,20 @@ class Engine:
             api_version=api_version,
             betas=tuple(betas),
             plan=plan,
+            partition=partition,
+            text=text,
         )
+
+    def plan(self, call: PreparedCall) -> PreparedCall:
+        """Place the prompt-cache breakpoints of a call prepared with ``defer_plan=True``.
+
+        Idempotent: a call that is already planned is returned as it is.
+        """
+        if call.plan is None:
+            plan = self.planner.plan(call.body)
+            call.body = plan.body
+            call.plan = plan
+        return call
 
     def validate_count_tokens(
         self, params: Mapping[str, Any], *, api_version: str = API_VERSIONS[0]
@@ -329,18 +389,85 @@ class Engine:
         """
         if self.store is None or call.options.no_cache:
             return None
-        return self.store.get(call.key, now=self.clock.now())
+        entry = self.store.get(call.key, now=self.clock.now())
+        if entry is not None or call.partition is None:
+            return entry
+        vector = self._embed(call)
+        return None if vector is None else self._search(call, vector)
 
     async def alookup(self, call: PreparedCall) -> CacheEntry | None:
         """The async twin of :meth:`lookup` (real I/O only for network stores)."""
         if self.store is None or call.options.no_cache:
             return None
         if isinstance(self.store, AsyncResponseStore):
-            return await self.store.aget(call.key, now=self.clock.now())
-        return self.store.get(call.key, now=self.clock.now())
+            entry = await self.store.aget(call.key, now=self.clock.now())
+        else:
+            entry = self.store.get(call.key, now=self.clock.now())
+        if entry is not None or call.partition is None:
+            return entry
+        vector = await self._aembed(call)
+        if vector is None:
+            return None
+        # The index sync and the candidates' reads are store I/O (network for Redis).
+        return await asyncio.to_thread(self._search, call, vector)
+
+    # -- semantic lookup ------------------------------------------------------------------
+
+    def _embedding_failed(self, exc: Exception) -> None:
+        assert self.semantic is not None
+        if self.semantic.strict:
+            raise exc
+        logger.warning(
+            "haikucache: the embedder failed (%s: %s); the call goes on as an exact-cache miss",
+            type(exc).__name__,
+            exc,
+        )
+
+    def _embed(self, call: PreparedCall) -> Any:
+        if call.vector is None and self.semantic is not None and call.text is not None:
+            try:
+                call.vector = self.semantic.embed([call.text])[0]
+            except Exception as exc:  # an embedder failure is a miss, never a failed call
+                self._embedding_failed(exc)
+        return call.vector
+
+    async def _aembed(self, call: PreparedCall) -> Any:
+        if call.vector is None and self.semantic is not None and call.text is not None:
+            try:
+                call.vector = (await self.semantic.aembed([call.text]))[0]
+            except Exception as exc:
+                self._embedding_failed(exc)
+        return call.vector
+
+    def _search(self, call: PreparedCall, vector: Any) -> CacheEntry | None:
+        """The best stored answer of the call's partition, by meaning, that is still live."""
+        index, store, partition = self._semantic_index, self.store, call.partition
+        assert index is not None
+        assert store is not None
+        assert partition is not None
+        assert call.text is not None
+        now = self.clock.now()
+        index.sync(store, partition, now=now, clock=time.monotonic())
+        matches = index.search(partition, vector, now=now)
+        while True:
+            match: SemanticMatch | None = index.select(call.text, matches)
+            if match is None:
+                return None
+            entry = store.get(match.key, now=now)
+            # Read back and checked: gone, expired or (defence in depth) of another
+            # partition or tenant is not served; the next candidate is tried.
+            if entry is None or entry.partition != partition or entry.namespace != call.namespace:
+                index.discard(partition, match.key)
+                matches = [m for m in matches if m.key != match.key]
+                continue
+            return dataclasses.replace(entry, similarity=match.similarity)
 
     def hit(self, call: PreparedCall, entry: CacheEntry) -> tuple[dict[str, Any], CallInfo]:
-        """Serve a stored answer: a copy with a fresh id, and its accounting as a hit."""
+        """Serve a stored answer: a copy with a fresh id, and its accounting as a hit.
+
+        An entry found by meaning (``entry.similarity`` set) is accounted as
+        ``cache="semantic"``, with its similarity in the :class:`CallInfo`.
+        """
         message = dict(entry.response)
         # Every answer gets its own id, as the API gives (a replay is a new response).
         message["id"] = (
@@ -349,16 +476,20 @@ class Engine:
                 :24
             ]
         )
+        semantic = entry.similarity is not None
         ledger_entry = now_entry(
             self.clock,
             namespace=call.namespace,
             model=call.model,
-            cache="hit",
+            cache="semantic" if semantic else "hit",
             usage=entry.usage,
         )
         if self._ledger is not None:
             self._ledger.record(ledger_entry)
-        return message, CallInfo.from_entry(ledger_entry, call.key)
+        info = CallInfo.from_entry(ledger_entry, call.key)
+        if semantic:
+            info = dataclasses.replace(info, similarity=entry.similarity)
+        return message, info
 
     def _entry_to_store(
         self, call: PreparedCall, message: Mapping[str, Any], info: CallInfo
@@ -375,12 +506,39 @@ class Engine:
             cost_usd=info.cost_usd,
             baseline_usd=info.baseline_usd,
             tags=call.options.tags,
+            partition=call.partition,
+            text=call.text,
         )
 
+    def _semantic_entry(self, entry: CacheEntry, vector: Any) -> tuple[CacheEntry, bytes | None]:
+        """The entry to store and the vector bytes beside it (none: stored for exact reuse)."""
+        if entry.partition is None:
+            return entry, None
+        if vector is None:  # the embedder failed: the answer is still good for exact repeats
+            return dataclasses.replace(entry, partition=None, text=None), None
+        data: bytes = vector.astype("<f4").tobytes()
+        return entry, data
+
+    def _indexed(self, stored: bool, entry: CacheEntry, vector: Any) -> bool:
+        """Add a stored entry to this process's index at once (others find it by syncing)."""
+        if stored and self._semantic_index is not None and entry.partition is not None:
+            assert entry.text is not None
+            self._semantic_index.add(
+                entry.partition, entry.key, vector, entry.text, entry.expires_at
+            )
+        return stored
+
     def store_answer(self, call: PreparedCall, message: Mapping[str, Any], info: CallInfo) -> bool:
-        """Keep a complete answer (``end_turn``, ``tool_use``, ``stop_sequence``) for reuse."""
+        """Keep a complete answer (``end_turn``, ``tool_use``, ``stop_sequence``) for reuse.
+
+        With semantic lookup on, the last user turn's vector is stored with it.
+        """
         entry = self._entry_to_store(call, message, info)
-        return bool(entry is not None and self.store is not None and self.store.put(entry))
+        if entry is None or self.store is None:
+            return False
+        vector = self._embed(call) if entry.partition is not None else None
+        entry, data = self._semantic_entry(entry, vector)
+        return self._indexed(self.store.put(entry, vector=data), entry, vector)
 
     async def astore_answer(
         self, call: PreparedCall, message: Mapping[str, Any], info: CallInfo
@@ -389,9 +547,43 @@ class Engine:
         entry = self._entry_to_store(call, message, info)
         if entry is None or self.store is None:
             return False
+        vector = await self._aembed(call) if entry.partition is not None else None
+        entry, data = self._semantic_entry(entry, vector)
         if isinstance(self.store, AsyncResponseStore):
-            return await self.store.aput(entry)
-        return self.store.put(entry)
+            stored = await self.store.aput(entry, vector=data)
+        else:
+            stored = self.store.put(entry, vector=data)
+        return self._indexed(stored, entry, vector)
+
+    def invalidate(
+        self, *, key: str | None = None, tag: str | None = None, namespace: str | None = None
+    ) -> int:
+        """Remove stored answers by exact key, tag or namespace (and their vectors).
+
+        Returns how many entries were removed. This process's semantic indexes are reloaded
+        from the store on their next lookup; other processes never serve a removed entry
+        either, since every candidate is read back from the store before it is served.
+        """
+        if self.store is None:
+            return 0
+        removed = self.store.invalidate(key=key, tag=tag, namespace=namespace)
+        if self._semantic_index is not None:
+            self._semantic_index.reset()
+        return removed
+
+    async def ainvalidate(
+        self, *, key: str | None = None, tag: str | None = None, namespace: str | None = None
+    ) -> int:
+        """The async twin of :meth:`invalidate`."""
+        if self.store is None:
+            return 0
+        if isinstance(self.store, AsyncResponseStore):
+            removed = await self.store.ainvalidate(key=key, tag=tag, namespace=namespace)
+        else:
+            removed = self.store.invalidate(key=key, tag=tag, namespace=namespace)
+        if self._semantic_index is not None:
+            self._semantic_index.reset()
+        return removed
 
     def record(
         self,

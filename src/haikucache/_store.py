@@ -114,6 +114,8 @@ class CacheEntry:
             serialise readers across processes) and reports the stored value.
         partition: the semantic partition (:func:`haikucache.partition_key`), or ``None``.
         text: the last user turn's text, for semantic entries.
+        similarity: set on an entry found by meaning (the cosine similarity of its question
+            with the one asked); never stored.
     """
 
     key: str
@@ -129,6 +131,7 @@ class CacheEntry:
     hits: int = 0
     partition: str | None = None
     text: str | None = None
+    similarity: float | None = None
 
     @classmethod
     def for_message(
@@ -385,6 +388,17 @@ class ResponseStore(Protocol):
 
     def iter_partition(self, partition: str, *, now: float) -> Iterator[PartitionMember]:
         """The live semantic entries of ``partition``."""
+        ...
+
+    def partition_since(
+        self, partition: str, cursor: str | None, *, now: float
+    ) -> tuple[list[PartitionMember], str]:
+        """The live entries stored in ``partition`` after ``cursor``, and the new cursor.
+
+        ``cursor=None`` returns every live entry. Each process's semantic index tails this
+        to see what other processes stored; an entry may be returned again (re-stored), and
+        removals are not reported (a candidate is read back with ``get`` before serving).
+        """
         ...
 
     def try_lock(self, name: str, *, ttl: float) -> str | None:
@@ -700,6 +714,7 @@ class _Slot:
     vector: bytes | None
     expires_at: float | None
     hits: int
+    seq: int = 0
 
 
 class MemoryStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore):
@@ -735,6 +750,8 @@ class MemoryStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStor
         self._bytes = 0
         self._groups: dict[str, set[str]] = {}
         self._locks: dict[str, tuple[str, float]] = {}
+        self._seq = 0
+        self._partition_seq: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(max_entries={self.max_entries!r})"
@@ -796,6 +813,10 @@ class MemoryStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStor
         evicted = 0
         with self._lock:
             self._unlink(entry.key)
+            self._seq += 1
+            slot.seq = self._seq
+            if slot.partition is not None:
+                self._partition_seq[slot.partition] = self._seq
             self._slots[entry.key] = slot
             self._bytes += len(data)
             for name in self._group_names(slot):
@@ -845,6 +866,21 @@ class MemoryStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStor
             ]
         return iter(members)
 
+    def partition_since(
+        self, partition: str, cursor: str | None, *, now: float
+    ) -> tuple[list[PartitionMember], str]:
+        after = int(cursor) if cursor else 0
+        with self._lock:
+            if cursor is not None and self._partition_seq.get(partition, 0) <= after:
+                return [], cursor
+            members = [
+                PartitionMember(key, slot.text, slot.vector, slot.expires_at)
+                for key in self._groups.get("p:" + partition, ())
+                if (slot := self._slots[key]).seq > after
+                and (slot.expires_at is None or now < slot.expires_at)
+            ]
+            return members, str(self._seq)
+
     def try_lock(self, name: str, *, ttl: float) -> str | None:
         _check_ttl("ttl", ttl)
         with self._lock:
@@ -870,6 +906,7 @@ class MemoryStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStor
         with self._lock:
             self._slots.clear()
             self._groups.clear()
+            self._partition_seq.clear()
             self._bytes = 0
 
     def stats(self) -> StoreStats:
@@ -891,6 +928,12 @@ _INDEX_SCHEMA = (
     " text TEXT, vector BLOB, PRIMARY KEY (grp, key)) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS members_key ON members (key)",
     "CREATE INDEX IF NOT EXISTS members_added ON members (added)",
+    # An append-only log of partition members, so each process's semantic index can load
+    # what others stored since it last looked (rows go when their entry goes).
+    "CREATE TABLE IF NOT EXISTS plog ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT, grp TEXT NOT NULL, key TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS plog_grp ON plog (grp, seq)",
+    "CREATE INDEX IF NOT EXISTS plog_key ON plog (key)",
     "CREATE TABLE IF NOT EXISTS locks ("
     " name TEXT PRIMARY KEY, token TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",
 )
@@ -1117,7 +1160,12 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
             )
         with self._index.write() as con:
             con.execute("DELETE FROM members WHERE key = ?", (entry.key,))
+            con.execute("DELETE FROM plog WHERE key = ?", (entry.key,))
             con.executemany("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?)", rows)
+            if entry.partition is not None:
+                con.execute(
+                    "INSERT INTO plog (grp, key) VALUES (?, ?)", ("p:" + entry.partition, entry.key)
+                )
 
     def _cull(self, now: float) -> None:
         if self._cache.volume() <= self.size_limit:
@@ -1137,11 +1185,17 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
         if gone:
             with self._index.write() as con:
                 con.executemany("DELETE FROM members WHERE grp = ? AND key = ?", gone)
+                con.executemany(
+                    "DELETE FROM plog WHERE grp = ? AND key = ?",
+                    [(grp, key) for grp, key in gone if grp.startswith("p:")],
+                )
 
     def delete(self, key: str) -> bool:
         try:
             removed = bool(self._cache.delete(key))
-            self._index.execute("DELETE FROM members WHERE key = ?", (key,))
+            with self._index.write() as con:
+                con.execute("DELETE FROM members WHERE key = ?", (key,))
+                con.execute("DELETE FROM plog WHERE key = ?", (key,))
         except Exception as exc:
             self._failed("delete", exc)
             return False
@@ -1183,6 +1237,7 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
                 with self._index.write() as con:
                     if tag is None:
                         con.executemany("DELETE FROM members WHERE key = ?", [(k,) for k in forget])
+                        con.executemany("DELETE FROM plog WHERE key = ?", [(k,) for k in forget])
                     else:
                         con.executemany(
                             "DELETE FROM members WHERE grp = ? AND key = ?",
@@ -1206,6 +1261,32 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
         return iter(
             [PartitionMember(k, t, None if v is None else bytes(v), e) for k, t, v, e in rows]
         )
+
+    def partition_since(
+        self, partition: str, cursor: str | None, *, now: float
+    ) -> tuple[list[PartitionMember], str]:
+        grp = "p:" + partition
+        try:
+            if cursor is None:
+                # The log's end first, then the members: nothing stored in between is missed
+                # (it may come twice, which is harmless).
+                ((end,),) = self._index.read("SELECT COALESCE(MAX(seq), 0) FROM plog")
+                return list(self.iter_partition(partition, now=now)), str(end)
+            rows = self._index.read(
+                "SELECT l.seq, m.key, m.text, m.vector, m.expires FROM plog l"
+                " JOIN members m ON m.grp = l.grp AND m.key = l.key"
+                " WHERE l.grp = ? AND l.seq > ? ORDER BY l.seq",
+                (grp, int(cursor)),
+            )
+        except Exception as exc:
+            self._failed("partition read", exc)
+            return [], "0" if cursor is None else cursor
+        members = [
+            PartitionMember(k, t, None if v is None else bytes(v), e)
+            for _, k, t, v, e in rows
+            if e is None or e > now
+        ]
+        return members, str(rows[-1][0]) if rows else cursor
 
     def try_lock(self, name: str, *, ttl: float) -> str | None:
         _check_ttl("ttl", ttl)
@@ -1239,6 +1320,7 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
         try:
             self._cache.clear()
             self._index.execute("DELETE FROM members")
+            self._index.execute("DELETE FROM plog")
         except Exception as exc:
             self._failed("clear", exc)
 
@@ -1266,7 +1348,8 @@ if not v then return false end
 return {v, redis.call('HINCRBY', KEYS[1], 'h', 1)}
 """
 
-# put: the entry hash, its TTL, and its membership in the namespace/tag/partition sets.
+# put: the entry hash, its TTL, its membership in the namespace/tag/partition sets and, for a
+# semantic entry, a record in its partition's log (a stream other processes tail).
 # Index sets are sorted by expiry so expired members are trimmed on every put, and an index
 # set expires with its longest-lived member (or never, once it holds an entry without TTL).
 # HSET comes first: over maxmemory (noeviction) Redis refuses it and so the whole put, while
@@ -1280,7 +1363,9 @@ else
 end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
-for i = 2, #KEYS do
+local last = #KEYS
+if ARGV[11] == '1' then last = #KEYS - 1 end
+for i = 2, last do
   local existed = redis.call('EXISTS', KEYS[i])
   redis.call('ZADD', KEYS[i], ARGV[3], ARGV[5])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[4])
@@ -1290,6 +1375,13 @@ for i = 2, #KEYS do
   else
     redis.call('PERSIST', KEYS[i])
   end
+end
+if ARGV[11] == '1' then
+  -- The partition's log of new members (the last KEY), living as long as its set.
+  local log = KEYS[#KEYS]
+  redis.call('XADD', log, '*', 'k', ARGV[5])
+  local left = redis.call('PTTL', KEYS[last])
+  if left > 0 then redis.call('PEXPIRE', log, left) else redis.call('PERSIST', log) end
 end
 return 1
 """
@@ -1306,7 +1398,9 @@ class RedisStore(_BaseStore, ResponseStore, AsyncResponseStore):
     Layout (``prefix`` defaults to ``hc:``): ``hc:e:<key>`` is a hash holding the entry
     (``v``), its hit counter (``h``), namespace, tags, and for semantic entries the text and
     vector; ``hc:ns:<namespace>``, ``hc:t:<tag>`` and ``hc:p:<partition>`` are sorted sets
-    of keys for invalidation and semantic search; ``hc:lock:<name>`` are leases.
+    of keys for invalidation and semantic search; ``hc:pl:<partition>`` is a stream of the
+    keys stored in a partition, which each process's semantic index tails;
+    ``hc:lock:<name>`` are leases.
 
     Entries carry Redis TTLs when they expire, so ``maxmemory`` with a ``volatile-*`` policy
     evicts answers but never the index sets (with ``allkeys-*`` an evicted index set only
@@ -1402,6 +1496,7 @@ class RedisStore(_BaseStore, ResponseStore, AsyncResponseStore):
         keys.extend(f"{self.prefix}t:{tag}" for tag in entry.tags)
         if entry.partition is not None:
             keys.append(f"{self.prefix}p:{entry.partition}")
+            keys.append(f"{self.prefix}pl:{entry.partition}")
         return keys
 
     def _put_args(self, entry: CacheEntry, vector: bytes | None) -> list[Any] | None:
@@ -1422,6 +1517,7 @@ class RedisStore(_BaseStore, ResponseStore, AsyncResponseStore):
             "" if entry.text is None else entry.text,
             entry.hits,
             b"" if vector is None else vector,
+            "1" if entry.partition is not None else "0",
         ]
 
     def _skipping(self) -> bool:
@@ -1587,6 +1683,46 @@ class RedisStore(_BaseStore, ResponseStore, AsyncResponseStore):
             self._error("partition read", exc)
             return iter(())
         return iter(_members(members, rows))
+
+    def partition_since(
+        self, partition: str, cursor: str | None, *, now: float
+    ) -> tuple[list[PartitionMember], str]:
+        log = f"{self.prefix}pl:{partition}"
+        if self._skipping():
+            return [], "0-0" if cursor is None else cursor
+        try:
+            if cursor is None:
+                # The log's end first, then the members: nothing stored in between is missed.
+                newest = self._client.xrevrange(log, "+", "-", count=1)
+                end = newest[0][0].decode() if newest else "0-0"
+                return list(self.iter_partition(partition, now=now)), end
+            records = self._client.xrange(log, f"({cursor}", "+", count=10_000)
+            if not records:
+                return [], cursor
+            keys = [fields[b"k"].decode() for _, fields in records]
+            group = f"{self.prefix}p:{partition}"
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hmget(self._ek(key), ["s", "x"])
+                pipe.zscore(group, key)
+            replies = pipe.execute()
+        except Exception as exc:
+            self._error("partition read", exc)
+            return [], "0-0" if cursor is None else cursor
+        out = []
+        for i, key in enumerate(keys):
+            (text, vector), score = replies[2 * i], replies[2 * i + 1]
+            if text is None or score is None or (not math.isinf(score) and score <= now):
+                continue
+            out.append(
+                PartitionMember(
+                    key=key,
+                    text=text.decode("utf-8", "surrogatepass") or None,
+                    vector=vector or None,
+                    expires_at=None if math.isinf(score) else float(score),
+                )
+            )
+        return out, records[-1][0].decode()
 
     def try_lock(self, name: str, *, ttl: float) -> str | None:
         _check_ttl("ttl", ttl)

@@ -1,0 +1,1087 @@
+"""Semantic lookup: questions that mean the same thing, answered from the response cache.
+
+Opt-in, and only ever inside a *partition* (:func:`haikucache.partition_key`): the same model,
+system prompt, tools, sampling parameters, earlier turns and namespace, with only the last user
+turn's text free. Within a partition the last user turn is embedded and compared by cosine
+similarity with the stored questions; a candidate is served only when
+
+1. its similarity is at least the threshold (calibrated on labelled data, see
+   ``benchmarks/bench_semantic.py`` and :func:`calibrate_threshold`), and
+2. it passes every *guard*: cheap offline checks that reject paraphrase-looking questions
+   whose numbers, negation or named entities differ ("… in 2019" vs "… in 2020", "why is X
+   safe" vs "why is X not safe", "capital of France" vs "capital of Spain"). Embeddings
+   score such pairs high; the answer to one is wrong for the other.
+
+The pieces:
+
+``Embedder``           the protocol: ``embed(texts) -> (n, d) array`` (and optionally
+                       ``async aembed(texts)``). :func:`as_embedder` adapts a LangChain
+                       ``Embeddings``, a LlamaIndex ``BaseEmbedding`` or any callable.
+``SemanticConfig``     the opt-in: embedder, threshold, guards, index kind.
+``SemanticIndex``      the per-partition vector indexes of one engine, kept in sync with the
+                       store (vectors live in the store; each process keeps a local index).
+``check_guards``       the guards, usable alone.
+
+numpy is needed (``pip install 'haikucache[semantic]'``); ``usearch`` optionally
+(``haikucache[ann]``) for an approximate index on very large partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import xxhash
+
+from ._exceptions import ConfigurationError, MissingDependencyError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from ._store import PartitionMember, ResponseStore
+
+    FloatArray = npt.NDArray[np.float32]
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "GUARDS",
+    "AsyncEmbedder",
+    "CallableEmbedder",
+    "Embedder",
+    "LangChainEmbedder",
+    "LlamaIndexEmbedder",
+    "SemanticConfig",
+    "SemanticIndex",
+    "SemanticMatch",
+    "as_embedder",
+    "calibrate_threshold",
+    "check_guards",
+    "last_user_text",
+]
+
+logger = logging.getLogger("haikucache")
+
+#: The default similarity threshold, calibrated for the local embedder
+#: (:class:`haikucache.LocalEmbedder`, all-MiniLM-L6-v2) with every guard on, on a dev split
+#: of the QQP pairs: see ``benchmarks/bench_semantic.py``. Other embedders need their own.
+DEFAULT_THRESHOLD = 0.95
+
+#: The guards, in the order they are checked.
+GUARDS: tuple[str, ...] = ("numbers", "negation", "entities")
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError as exc:
+        raise MissingDependencyError("numpy", "semantic", "Semantic lookup") from exc
+    return numpy
+
+
+# --------------------------------------------------------------------------- embedders
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into vectors: one row per text, any consistent dimension.
+
+    Rows need not be normalised (haikucache normalises them). The same embedder must be used
+    for stored and looked-up questions; vectors of another embedder are never compared (the
+    embedder's :attr:`name` is part of the partition).
+    """
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        """An ``(len(texts), dim)`` array-like of floats."""
+        ...
+
+
+@runtime_checkable
+class AsyncEmbedder(Protocol):
+    """An embedder with a coroutine twin, used by async doors."""
+
+    async def aembed(self, texts: Sequence[str]) -> Any:
+        """Coroutine twin of :meth:`Embedder.embed`."""
+        ...
+
+
+class LangChainEmbedder:
+    """Adapts a LangChain ``Embeddings`` (``embed_documents`` / ``aembed_documents``).
+
+    Stored and looked-up questions both go through ``embed_documents`` (``query=False``) or
+    both through ``embed_query`` (``query=True``), so the comparison is symmetric.
+    """
+
+    def __init__(self, embeddings: Any, *, query: bool = False) -> None:
+        if not callable(getattr(embeddings, "embed_documents", None)):
+            raise ConfigurationError("a LangChain Embeddings needs an embed_documents method")
+        self.embeddings = embeddings
+        self.query = query
+        self.name = "langchain:" + _describe(embeddings)
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        """Embed with the wrapped model."""
+        if self.query:
+            return [self.embeddings.embed_query(t) for t in texts]
+        return self.embeddings.embed_documents(list(texts))
+
+    async def aembed(self, texts: Sequence[str]) -> Any:
+        """Embed with the wrapped model's async methods."""
+        if self.query:
+            return [await self.embeddings.aembed_query(t) for t in texts]
+        return await self.embeddings.aembed_documents(list(texts))
+
+
+class LlamaIndexEmbedder:
+    """Adapts a LlamaIndex ``BaseEmbedding`` (``get_text_embedding_batch`` and its twin)."""
+
+    def __init__(self, model: Any) -> None:
+        if not callable(getattr(model, "get_text_embedding_batch", None)):
+            raise ConfigurationError(
+                "a LlamaIndex BaseEmbedding needs a get_text_embedding_batch method"
+            )
+        self.model = model
+        self.name = "llama-index:" + _describe(model)
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        """Embed with the wrapped model."""
+        return self.model.get_text_embedding_batch(list(texts))
+
+    async def aembed(self, texts: Sequence[str]) -> Any:
+        """Embed with the wrapped model's async method."""
+        return await self.model.aget_text_embedding_batch(list(texts))
+
+
+class CallableEmbedder:
+    """Adapts a function.
+
+    Args:
+        fn: ``fn(list_of_texts) -> (n, d) array`` (``batched=True``), or ``fn(text) ->
+            vector`` (``batched=False``). A coroutine function is awaited by async doors
+            and run to completion by sync ones.
+        batched: whether ``fn`` takes a list of texts.
+        name: what identifies the model (default: the function's qualified name). Vectors
+            stored under one name are never compared with another's.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *, batched: bool = True, name: str | None = None):
+        if not callable(fn):
+            raise ConfigurationError(f"an embedder function must be callable, got {fn!r}")
+        self.fn = fn
+        self.batched = batched
+        self.name = name or "callable:" + _describe(fn)
+        self._is_async = inspect.iscoroutinefunction(fn)
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        """Call the function (a coroutine function is run in a fresh event loop)."""
+        if self._is_async:
+            return _run_sync(self.aembed(texts))
+        if self.batched:
+            return self.fn(list(texts))
+        return [self.fn(t) for t in texts]
+
+    async def aembed(self, texts: Sequence[str]) -> Any:
+        """Await the function (a plain function is called in a worker thread)."""
+        if not self._is_async:
+            return await asyncio.to_thread(self.embed, texts)
+        if self.batched:
+            return await self.fn(list(texts))
+        return [await self.fn(t) for t in texts]
+
+
+def _run_sync(coro: Any) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    coro.close()
+    raise ConfigurationError(
+        "an async embedder cannot be called from a sync door inside a running event loop; "
+        "use the async client"
+    )
+
+
+def _describe(obj: Any) -> str:
+    for attr in ("model_name", "model", "name"):
+        value = getattr(obj, attr, None)
+        if isinstance(value, str) and value:
+            return f"{type(obj).__qualname__}:{value}"
+    return getattr(obj, "__qualname__", None) or type(obj).__qualname__
+
+
+def as_embedder(obj: Any) -> Embedder:
+    """Adapt ``obj`` into an :class:`Embedder`.
+
+    Accepts an object that already has ``embed(texts)``, a LangChain ``Embeddings`` (has
+    ``embed_documents``), a LlamaIndex ``BaseEmbedding`` (has ``get_text_embedding_batch``)
+    or a callable taking a list of texts. Neither LangChain nor LlamaIndex is imported.
+
+    Raises:
+        ConfigurationError: ``obj`` is none of these.
+    """
+    if isinstance(obj, (LangChainEmbedder, LlamaIndexEmbedder, CallableEmbedder)):
+        return obj
+    if callable(getattr(obj, "get_text_embedding_batch", None)):
+        return LlamaIndexEmbedder(obj)
+    if callable(getattr(obj, "embed_documents", None)):
+        return LangChainEmbedder(obj)
+    if callable(getattr(obj, "embed", None)):
+        return obj  # type: ignore[no-any-return]
+    if callable(obj):
+        return CallableEmbedder(obj)
+    raise ConfigurationError(
+        f"cannot use {obj!r} as an embedder: pass a LangChain Embeddings, a LlamaIndex "
+        "BaseEmbedding, an object with embed(texts), or a function of a list of texts"
+    )
+
+
+def embedder_name(embedder: Any) -> str:
+    """What identifies an embedder's vectors (its ``name``, else its class)."""
+    name = getattr(embedder, "name", None)
+    return name if isinstance(name, str) and name else _describe(embedder)
+
+
+def unit_rows(raw: Any, count: int) -> FloatArray:
+    """``raw`` as a C-contiguous float32 matrix of ``count`` unit rows.
+
+    Raises:
+        ValueError: wrong shape, non-finite values or a zero vector.
+    """
+    np = _numpy()
+    try:
+        matrix = np.asarray(raw, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the embedder returned something that is not numbers: {exc}") from exc
+    if matrix.ndim == 1 and count == 1:
+        matrix = matrix[None, :]
+    if matrix.ndim != 2 or matrix.shape[0] != count or matrix.shape[1] == 0:
+        raise ValueError(
+            f"the embedder returned shape {matrix.shape} for {count} text(s); "
+            "expected (texts, dimension)"
+        )
+    if not np.isfinite(matrix).all():
+        raise ValueError("the embedder returned NaN or infinite values")
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError("the embedder returned a zero vector")
+    out: FloatArray = np.ascontiguousarray(matrix / norms, dtype=np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------- guards
+
+_NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)*")
+_WORD_RE = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?")
+_QUOTED_RE = re.compile(r"\"([^\"]{2,})\"|“([^”]{2,})”|`([^`]{2,})`")
+_SENTENCE_START_RE = re.compile(r"(?:^|[.!?:;]\s+|\n\s*)[\"'“(]*([A-Za-z][\w'’.\-&]*)")
+
+# "one" and "second" are left out: "which one", "a second opinion" are not numbers.
+_NUMBER_WORDS = {
+    "zero": "0",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+    "eleven": "11",
+    "twelve": "12",
+    "thirteen": "13",
+    "fourteen": "14",
+    "fifteen": "15",
+    "sixteen": "16",
+    "seventeen": "17",
+    "eighteen": "18",
+    "nineteen": "19",
+    "twenty": "20",
+    "thirty": "30",
+    "forty": "40",
+    "fifty": "50",
+    "sixty": "60",
+    "seventy": "70",
+    "eighty": "80",
+    "ninety": "90",
+    "hundred": "100",
+    "thousand": "1000",
+    "million": "1000000",
+    "billion": "1000000000",
+    "trillion": "1000000000000",
+    "first": "1st",
+    "third": "3rd",
+    "fourth": "4th",
+    "fifth": "5th",
+    "tenth": "10th",
+    "half": "0.5",
+    "twice": "x2",
+    "double": "x2",
+    "triple": "x3",
+}
+_ORDINAL_RE = re.compile(r"^(\d+)(?:st|nd|rd|th)$")
+
+_NEGATIONS = frozenset(
+    {
+        "not",
+        "no",
+        "never",
+        "none",
+        "nobody",
+        "nothing",
+        "neither",
+        "nor",
+        "nowhere",
+        "without",
+        "cannot",
+        "cant",
+        "dont",
+        "doesnt",
+        "didnt",
+        "isnt",
+        "arent",
+        "wasnt",
+        "werent",
+        "wont",
+        "wouldnt",
+        "shouldnt",
+        "couldnt",
+        "hasnt",
+        "havent",
+        "hadnt",
+        "mustnt",
+        "neednt",
+    }
+)
+
+# Capitalised words that are not names: sentence openers, pronouns, question words.
+_NOT_NAMES = frozenset(
+    [
+        "a",
+        "about",
+        "after",
+        "all",
+        "also",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "because",
+        "before",
+        "best",
+        "but",
+        "by",
+        "can",
+        "could",
+        "dear",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "get",
+        "give",
+        "good",
+        "had",
+        "has",
+        "have",
+        "he",
+        "her",
+        "hello",
+        "hey",
+        "hi",
+        "his",
+        "how",
+        "i",
+        "i'd",
+        "i'll",
+        "i'm",
+        "i've",
+        "if",
+        "in",
+        "is",
+        "it",
+        "its",
+        "just",
+        "let",
+        "like",
+        "list",
+        "make",
+        "me",
+        "my",
+        "no",
+        "not",
+        "now",
+        "of",
+        "ok",
+        "okay",
+        "on",
+        "one",
+        "or",
+        "our",
+        "please",
+        "she",
+        "should",
+        "so",
+        "some",
+        "tell",
+        "than",
+        "thank",
+        "thanks",
+        "that",
+        "the",
+        "their",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "to",
+        "under",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "why",
+        "will",
+        "with",
+        "would",
+        "yes",
+        "you",
+        "your",
+    ]
+)
+
+
+@dataclass(frozen=True)
+class _Features:
+    numbers: frozenset[str]
+    negated: bool
+    entities: tuple[tuple[str, ...], ...]
+    words: frozenset[str]
+
+
+def _stem(word: str) -> str:
+    word = word.lower().replace("’", "'")
+    if word.endswith("'s"):
+        word = word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        word = word[:-1]
+    return word
+
+
+def _pieces(text: str) -> tuple[str, ...]:
+    words = (_stem(w) for w in _WORD_RE.findall(text))
+    return tuple(p for w in words for p in re.findall(r"[a-z0-9]+", w))
+
+
+@functools.lru_cache(maxsize=65_536)
+def _features(text: str) -> _Features:
+    numbers: set[str] = set()
+    for raw in _NUMBER_RE.findall(text):
+        numbers.add(
+            raw.replace(",", "").rstrip("0").rstrip(".") if "." in raw else raw.replace(",", "")
+        )
+    words = _WORD_RE.findall(text)
+    lowered = [w.lower().replace("’", "'") for w in words]
+    negated = False
+    for word in lowered:
+        plain = word.replace("'", "")
+        if plain in _NEGATIONS or word.endswith("n't"):
+            negated = True
+        if plain in _NUMBER_WORDS:
+            numbers.add(_NUMBER_WORDS[plain])
+        match = _ORDINAL_RE.match(plain)
+        if match:
+            numbers.discard(match.group(1))
+            numbers.add(plain)
+    entities: list[tuple[str, ...]] = []
+    for groups in _QUOTED_RE.findall(text):
+        quoted = next(g for g in groups if g)
+        pieces = _pieces(quoted)
+        if pieces:
+            entities.append(pieces)
+    alpha = [w for w in words if w[0].isalpha() and len(w) > 1]
+    content = [w for w in alpha if w.lower().replace("’", "'") not in _NOT_NAMES]
+    all_caps = [w for w in alpha if w.isupper()]
+    # A title-cased or shouted text says nothing through its capitals ("What Is The Best
+    # Way To Learn Guitar?"); "Is Java harder than Python?" is not title case.
+    title_case = len(content) >= 3 and sum(w[0].islower() for w in content) <= len(content) // 5
+    shouting = len(alpha) >= 3 and len(all_caps) >= 0.6 * len(alpha)
+    starts = {m.start(1) for m in _SENTENCE_START_RE.finditer(text)}
+    for match in _WORD_RE.finditer(text):
+        word = match.group(0)
+        if not word[0].isalpha() or len(word) < 2:
+            continue
+        acronym = word.isupper() and not shouting
+        name = (
+            not title_case
+            and word[0].isupper()
+            and match.start() not in starts
+            and word.lower().replace("’", "'") not in _NOT_NAMES
+        )
+        # Mixed case inside a word (iPhone, GitHub, McDonald) marks a name anywhere.
+        inner = any(c.isupper() for c in word[1:]) and not word.isupper() and not title_case
+        if (acronym and word.lower() not in _NOT_NAMES) or name or inner:
+            entities.append(_pieces(word))
+    stems = {_stem(w) for w in lowered}
+    stems.update(w.replace("'", "") for w in lowered)
+    return _Features(frozenset(numbers), negated, tuple(entities), frozenset(stems))
+
+
+def _covered(piece: str, words: frozenset[str]) -> bool:
+    if piece in words:
+        return True
+    # A name and its adjective ("India" / "indian", "Canada" / "canadian"): one is a prefix
+    # of the other, with a short ending. "Java" / "javascript" differ too much to pass.
+    return len(piece) >= 4 and any(
+        len(w) >= 4
+        and abs(len(w) - len(piece)) <= 3
+        and (w.startswith(piece) or piece.startswith(w))
+        for w in words
+    )
+
+
+def _entities_covered(a: _Features, b: _Features) -> bool:
+    return all(all(_covered(p, b.words) for p in pieces) for pieces in a.entities)
+
+
+def check_guards(query: str, candidate: str, guards: Iterable[str] = GUARDS) -> str | None:
+    """The first guard that rejects serving ``candidate``'s answer to ``query``, or ``None``.
+
+    * ``numbers``: both mention the same numbers (digits, number words, ordinals).
+    * ``negation``: both are negated, or neither is.
+    * ``entities``: every name in one (a capitalised word that does not open a sentence,
+      an acronym, a mixed-case word, a quoted string) occurs, in any case, in the other.
+
+    They are heuristics: fast (microseconds, cached), offline, English-centric, and biased to
+    reject (a rejected paraphrase costs one upstream call; a wrong answer costs trust).
+    """
+    q = _features(query)
+    c = _features(candidate)
+    for guard in guards:
+        if guard == "numbers":
+            if q.numbers != c.numbers:
+                return "numbers"
+        elif guard == "negation":
+            if q.negated != c.negated:
+                return "negation"
+        elif guard == "entities":
+            if not (_entities_covered(q, c) and _entities_covered(c, q)):
+                return "entities"
+        else:
+            raise ConfigurationError(f"unknown guard {guard!r}; known: {', '.join(GUARDS)}")
+    return None
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class SemanticConfig:
+    """Turns semantic lookup on for an :class:`~haikucache.Engine`.
+
+    Attributes:
+        embedder: an :class:`Embedder`, a LangChain ``Embeddings``, a LlamaIndex
+            ``BaseEmbedding`` or a function of a list of texts (see :func:`as_embedder`).
+        threshold: the least cosine similarity served. The default is calibrated for the
+            local embedder; calibrate another embedder's with :func:`calibrate_threshold`.
+        guards: the guards checked after the threshold (any of :data:`GUARDS`).
+        index: ``"numpy"`` (the default: exact up to 4,096 entries per partition, then a
+            sign-bit pre-selection of 256 rows scored exactly), ``"exact"`` (numpy, every row
+            scored on every lookup) or ``"usearch"`` (an approximate HNSW graph;
+            ``haikucache[ann]``).
+        candidates: how many nearest neighbours are checked (the best one that passes the
+            threshold and every guard is served).
+        max_chars: a last user turn longer than this is matched exactly only (long inputs
+            differ in details embeddings average away).
+        sync_interval: seconds between looks for entries other processes stored in a
+            partition (``0``: before every lookup).
+        name: what identifies the embedder's vectors (default: derived from the embedder).
+        strict: raise embedder failures instead of treating them as misses (for tests).
+    """
+
+    embedder: Any
+    threshold: float = DEFAULT_THRESHOLD
+    guards: tuple[str, ...] = GUARDS
+    index: str = "numpy"
+    candidates: int = 4
+    max_chars: int = 2_000
+    sync_interval: float = 0.25
+    name: str | None = None
+    strict: bool = False
+    _embedder: Embedder = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _numpy()
+        object.__setattr__(self, "_embedder", as_embedder(self.embedder))
+        if (
+            isinstance(self.threshold, bool)
+            or not isinstance(self.threshold, (int, float))
+            or not -1.0 <= self.threshold <= 1.0
+        ):
+            raise ConfigurationError(
+                f"threshold must be a number in [-1, 1], got {self.threshold!r}"
+            )
+        if isinstance(self.guards, str):
+            raise ConfigurationError("guards must be a sequence of guard names")
+        object.__setattr__(self, "guards", tuple(self.guards))
+        unknown = [g for g in self.guards if g not in GUARDS]
+        if unknown:
+            raise ConfigurationError(f"unknown guard(s) {unknown}; known: {', '.join(GUARDS)}")
+        if self.index not in ("numpy", "exact", "usearch"):
+            raise ConfigurationError(
+                f"index must be 'numpy', 'exact' or 'usearch', got {self.index!r}"
+            )
+        if self.index == "usearch":
+            try:
+                import usearch.index  # noqa: F401
+            except ImportError as exc:
+                raise MissingDependencyError("usearch", "ann", "The usearch index") from exc
+        for name in ("candidates", "max_chars"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        if (
+            isinstance(self.sync_interval, bool)
+            or not isinstance(self.sync_interval, (int, float))
+            or self.sync_interval < 0
+        ):
+            raise ConfigurationError("sync_interval must be a number of seconds >= 0")
+
+    @property
+    def model_tag(self) -> str:
+        """A short hash of the embedder's name, appended to every partition."""
+        name = self.name or embedder_name(self._embedder)
+        return xxhash.xxh3_64_hexdigest(name.encode())
+
+    def embed(self, texts: Sequence[str]) -> FloatArray:
+        """Unit vectors of ``texts`` (raises what the embedder raises, or ValueError)."""
+        return unit_rows(self._embedder.embed(texts), len(texts))
+
+    async def aembed(self, texts: Sequence[str]) -> FloatArray:
+        """Coroutine twin of :meth:`embed` (a sync-only embedder runs in a worker thread)."""
+        if isinstance(self._embedder, AsyncEmbedder):
+            raw = await self._embedder.aembed(texts)
+        else:
+            raw = await asyncio.to_thread(self._embedder.embed, texts)
+        return unit_rows(raw, len(texts))
+
+
+def last_user_text(body: Mapping[str, Any]) -> str | None:
+    """The text of the last user turn when it is plain text (else ``None``)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return None
+    last = messages[-1]
+    if not isinstance(last, Mapping) or last.get("role") != "user":
+        return None
+    content = last.get("content")
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list) or not content:
+        return None
+    texts = []
+    for block in content:
+        if not isinstance(block, Mapping) or block.get("type") != "text":
+            return None
+        text = block.get("text")
+        if not isinstance(text, str):
+            return None
+        texts.append(text)
+    return "\n".join(texts)
+
+
+# --------------------------------------------------------------------------- indexes
+
+
+@dataclass(frozen=True)
+class SemanticMatch:
+    """A candidate found by meaning.
+
+    Attributes:
+        key: the stored entry's exact key.
+        similarity: cosine similarity with the query.
+        text: the stored question.
+    """
+
+    key: str
+    similarity: float
+    text: str
+
+
+#: From this many entries a numpy partition first narrows the search by sign bits.
+PREFILTER_MIN = 4096
+#: How many rows the sign-bit pass keeps for exact re-scoring.
+PREFILTER_KEEP = 256
+_BLAS_ROWS = 2048
+
+
+class _NumpyPartition:
+    """Cosine search on unit float32 rows.
+
+    Up to :data:`PREFILTER_MIN` entries (or always, with ``exact``) one matrix-vector product
+    scores every row. Above it, reading every float32 row costs 10-20 ms per 100k entries
+    (memory bandwidth), so each row also keeps its 384 sign bits (48 bytes): the Hamming
+    distance to the query's bits picks the :data:`PREFILTER_KEEP` nearest rows, which are
+    then scored exactly. A near-duplicate (cosine >= 0.9) differs in about 14 % of its
+    bits, an unrelated text in 35–50 %, so it is kept; what could be lost is a
+    candidate that the threshold would refuse anyway.
+    """
+
+    def __init__(self, dim: int, *, exact: bool = False) -> None:
+        np = _numpy()
+        self.dim = dim
+        self._np = np
+        self._matrix = np.empty((16, dim), dtype=np.float32)
+        # Sign bits in 64-bit words, one contiguous array per word (a row is a column), so
+        # the Hamming pass streams memory; only used when numpy has bitwise_count (>= 2.0).
+        self._prefilter = not exact and hasattr(np, "bitwise_count")
+        self._words = (dim + 63) // 64
+        self._bits = np.zeros((self._words, 16), dtype=np.uint64)
+        self._keys: list[str] = []
+        self._texts: list[str] = []
+        self._expires: list[float] = []
+        self._row: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: str, vector: FloatArray, text: str, expires_at: float | None) -> None:
+        row = self._row.get(key)
+        if row is None:
+            row = len(self._keys)
+            if row == self._matrix.shape[0]:
+                grown = self._np.empty((row * 2, self.dim), dtype=self._np.float32)
+                grown[:row] = self._matrix
+                self._matrix = grown
+                bits = self._np.zeros((self._words, row * 2), dtype=self._np.uint64)
+                bits[:, :row] = self._bits
+                self._bits = bits
+            self._keys.append(key)
+            self._texts.append(text)
+            self._expires.append(math.inf if expires_at is None else expires_at)
+            self._row[key] = row
+        else:
+            self._texts[row] = text
+            self._expires[row] = math.inf if expires_at is None else expires_at
+        self._matrix[row] = vector
+        self._bits[:, row] = self._signs(vector)
+
+    def _signs(self, vector: FloatArray) -> Any:
+        packed = self._np.packbits(vector > 0)
+        out = self._np.zeros(self._words * 8, dtype=self._np.uint8)
+        out[: packed.shape[0]] = packed
+        return out.view(self._np.uint64)
+
+    def remove(self, key: str) -> None:
+        row = self._row.pop(key, None)
+        if row is None:
+            return
+        last = len(self._keys) - 1
+        if row != last:
+            moved = self._keys[last]
+            self._matrix[row] = self._matrix[last]
+            self._bits[:, row] = self._bits[:, last]
+            self._keys[row] = moved
+            self._texts[row] = self._texts[last]
+            self._expires[row] = self._expires[last]
+            self._row[moved] = row
+        self._keys.pop()
+        self._texts.pop()
+        self._expires.pop()
+
+    def purge(self, now: float) -> None:
+        """Drop expired rows."""
+        for key in [k for k, e in zip(self._keys, self._expires, strict=True) if e <= now]:
+            self.remove(key)
+
+    def search(self, vector: FloatArray, k: int, now: float) -> list[SemanticMatch]:
+        n = len(self._keys)
+        if n == 0:
+            return []
+        np = self._np
+        if self._prefilter and n >= PREFILTER_MIN:
+            query = self._signs(vector)
+            distance = np.bitwise_count(self._bits[0, :n] ^ query[0]).astype(np.int32)
+            for word in range(1, self._words):
+                distance += np.bitwise_count(self._bits[word, :n] ^ query[word])
+            rows = np.argpartition(distance, PREFILTER_KEEP)[:PREFILTER_KEEP]
+            scores = self._matrix[rows] @ vector
+        else:
+            rows = None
+            # Past a few thousand rows BLAS runs a matrix-vector product on several threads,
+            # which on a busy machine wait for each other for whole scheduler ticks (8-24 ms
+            # measured for 10k rows, against 2 ms on one thread): einsum stays on one.
+            if n <= _BLAS_ROWS:
+                scores = self._matrix[:n] @ vector
+            else:
+                scores = np.einsum("ij,j->i", self._matrix[:n], vector)
+        m = scores.shape[0]
+        want = min(m, k * 2)
+        top = np.argpartition(scores, m - want)[m - want :] if want < m else np.arange(m)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        out = []
+        for i in top.tolist():
+            row = i if rows is None else int(rows[i])
+            if self._expires[row] <= now:
+                continue
+            out.append(SemanticMatch(self._keys[row], float(scores[i]), self._texts[row]))
+            if len(out) == k:
+                break
+        return out
+
+
+class _UsearchPartition:
+    """Approximate search with a usearch HNSW index (inner product on unit vectors)."""
+
+    def __init__(self, dim: int) -> None:
+        from usearch.index import Index
+
+        self.dim = dim
+        self._index = Index(ndim=dim, metric="ip", dtype="f32")
+        self._ids: dict[str, int] = {}
+        self._keys: dict[int, tuple[str, str, float]] = {}
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, key: str, vector: FloatArray, text: str, expires_at: float | None) -> None:
+        self.remove(key)
+        ident = self._next
+        self._next += 1
+        self._index.add(ident, vector)
+        self._ids[key] = ident
+        self._keys[ident] = (key, text, math.inf if expires_at is None else expires_at)
+
+    def remove(self, key: str) -> None:
+        ident = self._ids.pop(key, None)
+        if ident is not None:
+            self._keys.pop(ident, None)
+            self._index.remove(ident)
+
+    def purge(self, now: float) -> None:
+        """Drop expired entries."""
+        for key in [v[0] for v in self._keys.values() if v[2] <= now]:
+            self.remove(key)
+
+    def search(self, vector: FloatArray, k: int, now: float) -> list[SemanticMatch]:
+        if not self._ids:
+            return []
+        found = self._index.search(vector, min(len(self._ids), k * 2))
+        out = []
+        for ident, distance in zip(found.keys.tolist(), found.distances.tolist(), strict=True):
+            item = self._keys.get(int(ident))
+            if item is None or item[2] <= now:
+                continue
+            out.append(SemanticMatch(item[0], 1.0 - float(distance), item[1]))
+            if len(out) == k:
+                break
+        return out
+
+
+#: Seconds (on the engine's clock) between sweeps of expired entries out of a local index.
+PURGE_INTERVAL = 60.0
+
+
+@dataclass
+class _Partition:
+    index: _NumpyPartition | _UsearchPartition | None = None
+    cursor: str | None = None
+    synced_at: float = -math.inf
+    purged_at: float = -math.inf
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class SemanticIndex:
+    """The local vector indexes of one engine, one per partition, fed from the store.
+
+    Vectors live in the store (``put(entry, vector=...)``), so every process sharing a store
+    sees every answer: a partition's index is loaded on its first lookup and then tails the
+    store's per-partition log of new entries (:meth:`ResponseStore.partition_since`), at most
+    every ``sync_interval`` seconds. Removals need no log: a candidate is always read back
+    from the store before it is served, and one that is gone is dropped from the index.
+    """
+
+    def __init__(self, config: SemanticConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._partitions: dict[str, _Partition] = {}
+
+    def _partition(self, name: str) -> _Partition:
+        with self._lock:
+            part = self._partitions.get(name)
+            if part is None:
+                part = self._partitions[name] = _Partition()
+            return part
+
+    def _new_index(self, dim: int) -> _NumpyPartition | _UsearchPartition:
+        if self.config.index == "usearch":
+            return _UsearchPartition(dim)
+        return _NumpyPartition(dim, exact=self.config.index == "exact")
+
+    def _add(self, part: _Partition, member: PartitionMember) -> None:
+        if member.vector is None or member.text is None:
+            return
+        np = _numpy()
+        vector = np.frombuffer(member.vector, dtype="<f4")
+        if part.index is None:
+            part.index = self._new_index(vector.shape[0])
+        if vector.shape[0] != part.index.dim:
+            return  # written by another embedder under the same name: never compared
+        part.index.add(member.key, vector, member.text, member.expires_at)
+
+    def sync(self, store: ResponseStore, partition: str, *, now: float, clock: float) -> None:
+        """Bring the local index of ``partition`` up to date with ``store``.
+
+        Args:
+            now: the engine's clock (for expiry).
+            clock: a monotonic time, to space out syncs by ``sync_interval``.
+        """
+        part = self._partition(partition)
+        with part.lock:
+            if part.cursor is not None and clock - part.synced_at < self.config.sync_interval:
+                return
+            since = getattr(store, "partition_since", None)
+            if since is None:
+                if part.cursor is None:
+                    for member in store.iter_partition(partition, now=now):
+                        self._add(part, member)
+                    part.cursor = ""
+            else:
+                members, cursor = since(partition, part.cursor, now=now)
+                for member in members:
+                    self._add(part, member)
+                part.cursor = cursor
+            part.synced_at = clock
+            # Expired rows are never served, but would still be scanned and kept in memory.
+            if part.index is not None and now - part.purged_at >= PURGE_INTERVAL:
+                part.index.purge(now)
+                part.purged_at = now
+
+    def add(
+        self,
+        partition: str,
+        key: str,
+        vector: FloatArray,
+        text: str,
+        expires_at: float | None,
+    ) -> None:
+        """Add an entry this process just stored (no need to wait for the next sync)."""
+        part = self._partition(partition)
+        with part.lock:
+            if part.index is None:
+                part.index = self._new_index(vector.shape[0])
+            if vector.shape[0] == part.index.dim:
+                part.index.add(key, vector, text, expires_at)
+
+    def search(self, partition: str, vector: FloatArray, *, now: float) -> list[SemanticMatch]:
+        """The nearest stored questions of ``partition``, best first (no threshold)."""
+        part = self._partition(partition)
+        with part.lock:
+            if part.index is None or vector.shape[0] != part.index.dim:
+                return []
+            return part.index.search(vector, self.config.candidates, now)
+
+    def discard(self, partition: str, key: str) -> None:
+        """Drop one entry (it is gone from the store)."""
+        with self._lock:
+            part = self._partitions.get(partition)
+        if part is not None:
+            with part.lock:
+                if part.index is not None:
+                    part.index.remove(key)
+
+    def reset(self) -> None:
+        """Forget every partition; each is reloaded from the store on its next lookup."""
+        with self._lock:
+            self._partitions.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            parts = list(self._partitions.values())
+        return sum(len(p.index) for p in parts if p.index is not None)
+
+    def select(self, query: str, matches: Sequence[SemanticMatch]) -> SemanticMatch | None:
+        """The best match above the threshold that passes every guard."""
+        for match in matches:
+            if match.similarity < self.config.threshold:
+                return None
+            if check_guards(query, match.text, self.config.guards) is None:
+                return match
+        return None
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def calibrate_threshold(
+    similarities: Sequence[float] | Any,
+    labels: Sequence[bool] | Any,
+    *,
+    max_false_hit_rate: float = 0.015,
+) -> tuple[float, float, float]:
+    """The lowest threshold (most hits) whose false-hit rate on labelled pairs is in budget.
+
+    Each pair is a stored question and a new one; a hit on a non-duplicate pair is a wrong
+    answer served. The false-hit rate is the share of non-duplicate pairs that would be
+    served (wrong hits / non-duplicates); it only falls as the threshold rises.
+
+    Args:
+        similarities: each pair's score (with guards: a pair a guard rejects scores ``-inf``).
+        labels: whether each pair is a true duplicate (its answer may be served).
+        max_false_hit_rate: the most non-duplicates that may be served, as a share.
+
+    Returns:
+        ``(threshold, false_hit_rate, hit_rate)``: hit rate is the share of true duplicates
+        served. With no threshold in budget, ``(1.0, 0.0, 0.0)`` (the threshold is above every
+        score, so in practice nothing but identical texts is served).
+    """
+    np = _numpy()
+    scores = np.asarray(similarities, dtype=np.float64)
+    truth = np.asarray(labels, dtype=bool)
+    if scores.shape != truth.shape or scores.ndim != 1:
+        raise ConfigurationError("similarities and labels must be sequences of equal length")
+    if (
+        isinstance(max_false_hit_rate, bool)
+        or not isinstance(max_false_hit_rate, (int, float))
+        or not 0 <= max_false_hit_rate < 1
+    ):
+        raise ConfigurationError("max_false_hit_rate must be a share in [0, 1)")
+    positives = max(int(truth.sum()), 1)
+    negatives = max(int((~truth).sum()), 1)
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    wrong = np.cumsum(~truth[order])
+    right = np.cumsum(truth[order])
+    best = (1.0, 0.0, 0.0)
+    for i in range(len(ranked)):
+        if not math.isfinite(ranked[i]):
+            break
+        # A threshold serves every pair at or above it: cut only between distinct scores.
+        if i + 1 < len(ranked) and ranked[i + 1] == ranked[i]:
+            continue
+        rate = wrong[i] / negatives
+        if rate > max_false_hit_rate:
+            break
+        best = (float(ranked[i]), float(rate), float(right[i] / positives))
+    return best
