@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +29,7 @@ from haikucache import (
     UsageError,
 )
 from haikucache._client import AsyncMessageStream
+from haikucache._store import CacheEntry, DiskStore
 from haikucache._types import (
     ContentBlockDeltaEvent,
     ContentBlockStartEvent,
@@ -802,3 +806,115 @@ def test_a_stream_without_message_stop_is_incomplete(engine: Engine, ledger: Mem
         with pytest.raises(APIConnectionError, match="before message_stop"):
             stream.get_final_message()
     assert ledger.entries == []
+
+
+# --------------------------------------------------------------------------- response cache: store stage and flights
+
+
+# Long enough for a complete answer (end_turn): only complete answers are stored.
+ASK: dict[str, Any] = {**HELLO, "max_tokens": 1024}
+
+
+class _RecordingStore(DiskStore):
+    """A real DiskStore that records which door its writes came in by (put or aput)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, strict=True)
+        self.writes: list[str] = []
+        self._in_aput = False
+
+    def put(self, entry: CacheEntry, *, vector: bytes | None = None) -> bool:
+        if not self._in_aput:
+            self.writes.append("put")
+        return super().put(entry, vector=vector)
+
+    async def aput(self, entry: CacheEntry, *, vector: bytes | None = None) -> bool:
+        self.writes.append("aput")
+        self._in_aput = True
+        try:
+            return await super().aput(entry, vector=vector)
+        finally:
+            self._in_aput = False
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_async_misses_are_stored_through_the_async_store_api(
+    emu: Emulator, tmp_path: Path, stream: bool
+) -> None:
+    store = _RecordingStore(tmp_path / "r")
+    engine = Engine(ledger=False, store=store)
+    async with AsyncClient(
+        api_key="k", base_url=BASE_URL, transport=emu.transport(), engine=engine
+    ) as client:
+        if stream:
+            async with client.messages.stream(**ASK) as live:
+                first = await live.get_final_message()
+        else:
+            first = await client.messages.create(**ASK)
+        again = await client.messages.create(**ASK)
+    store.close()
+    assert store.writes == ["aput"]
+    assert first.haikucache is not None and first.haikucache.cache == "miss"
+    assert again.haikucache is not None and again.haikucache.cache == "hit"
+    assert again.content[0].text == first.content[0].text
+    assert emu.requests["messages"] == 1
+
+
+def test_sync_stream_misses_are_stored_before_message_stop_is_handed_over(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    store = _RecordingStore(tmp_path / "r")
+    engine = Engine(ledger=False, store=store)
+    with Client(api_key="k", base_url=BASE_URL, transport=emu.transport(), engine=engine) as c:
+        stream = c.messages.create(**ASK, stream=True)
+        for event in stream:
+            if isinstance(event, MessageStopEvent):
+                # The caller may stop here: the answer is already stored.
+                assert store.writes == ["put"]
+        stream.close()
+        assert c.messages.create(**ASK).haikucache.cache == "hit"  # type: ignore[union-attr]
+    store.close()
+
+
+def test_clients_sharing_a_store_share_one_flight(emu: Emulator, tmp_path: Path) -> None:
+    # Two clients with their own single-flight state, as in two processes: only the store's
+    # lease can make the second wait for the first one's answer.
+    emu.inject("latency", seconds=0.5, times=None)
+    store = DiskStore(tmp_path / "r", strict=True)
+    ledger = MemoryLedger()
+    clients = [
+        Client(
+            api_key="k",
+            base_url=BASE_URL,
+            transport=emu.transport(),
+            engine=Engine.for_credentials("k", ledger=ledger, store=store),
+        )
+        for _ in range(2)
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        replies = list(pool.map(lambda c: c.messages.create(**ASK), clients))
+    for c in clients:
+        c.close()
+    store.close()
+    assert emu.requests["messages"] == 1
+    assert sorted(r.haikucache.cache for r in replies) == ["hit", "miss"]  # type: ignore[union-attr]
+    assert sorted(e.cache for e in ledger.entries) == ["hit", "miss"]
+    assert replies[0].content[0].text == replies[1].content[0].text
+
+
+def test_a_call_that_will_not_store_does_not_wait_for_a_lease(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    store = DiskStore(tmp_path / "r", strict=True)
+    engine = Engine(ledger=False, store=store)
+    with Client(api_key="k", base_url=BASE_URL, transport=emu.transport(), engine=engine) as c:
+        key = engine.prepare(ASK).key
+        # Another process is in flight for this request and holds the lease...
+        assert store.try_lock("sf:" + key, ttl=60) is not None
+        started = time.monotonic()
+        # ...but a no_store call would leave nothing for it to share: it goes at once.
+        message = c.messages.create(**ASK, no_store=True)
+        assert time.monotonic() - started < 5
+    store.close()
+    assert message.haikucache is not None and message.haikucache.cache == "miss"
+    assert emu.requests["messages"] == 1

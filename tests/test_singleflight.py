@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
+import os
+import runpy
+import shutil
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -477,3 +481,175 @@ def test_two_processes_make_one_upstream_call(tmp_path: Path) -> None:
     assert emulator.requests["messages"] == 1
     assert sorted(r["role"] for r in reports) == ["found", "leader"]
     assert reports[0]["id"] == reports[1]["id"]
+
+
+# --------------------------------------------------------------------------- the client, across processes
+
+# Each child process builds its own haikucache Client over a store shared with the others,
+# waits at a barrier so that all of them ask at the same moment, makes one call, and reports
+# how it was answered. The script is run with runpy in a spawned process: a spawned child
+# cannot import a test module collected with --import-mode=importlib.
+_CLIENT_PROCESS = textwrap.dedent(
+    """
+    import asyncio, os, time
+    from haikucache import AsyncClient, Client, Engine, MemoryLedger
+    from haikucache._store import DiskStore, RedisStore
+
+    REQUEST = {"model": "claude-haiku-4-5", "max_tokens": 256,
+               "messages": [{"role": "user", "content": "What is single-flight?"}]}
+
+
+    def open_store():
+        if SPEC["kind"] == "disk":
+            return DiskStore(SPEC["where"], strict=True)
+        return RedisStore(SPEC["where"], prefix=SPEC["prefix"], strict=True)
+
+
+    def report(message, ledger):
+        QUEUE.put({
+            "pid": os.getpid(),
+            "cache": message.haikucache.cache,
+            "text": message.content[0].text,
+            "ledger": [entry.cache for entry in ledger.entries],
+        })
+
+
+    def run_sync():
+        store = open_store()
+        ledger = MemoryLedger()
+        engine = Engine.for_credentials("sk-shared", ledger=ledger, store=store)
+        with Client(api_key="sk-shared", base_url=SPEC["base_url"], engine=engine) as client:
+            BARRIER.wait(60)
+            message = client.messages.create(**REQUEST)
+        store.close()
+        report(message, ledger)
+
+
+    async def run_async():
+        store = open_store()
+        ledger = MemoryLedger()
+        engine = Engine.for_credentials("sk-shared", ledger=ledger, store=store)
+        async with AsyncClient(
+            api_key="sk-shared", base_url=SPEC["base_url"], engine=engine
+        ) as client:
+            await asyncio.get_running_loop().run_in_executor(None, BARRIER.wait, 60)
+            message = await client.messages.create(**REQUEST)
+        await store.aclose()
+        store.close()
+        report(message, ledger)
+
+
+    try:
+        if SPEC["mode"] == "sync":
+            run_sync()
+        else:
+            asyncio.run(run_async())
+    except BaseException as exc:
+        QUEUE.put({"pid": os.getpid(), "error": repr(exc)})
+        raise
+    """
+)
+
+
+def _redis_server(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed; CI installs it in .ci/run")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    pytest.importorskip("redis")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=directory,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait(10)
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of our own on a free loopback port."""
+    process, url = _redis_server(tmp_path_factory.mktemp("redis"))
+    try:
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def _run_clients(
+    tmp_path: Path, spec: dict[str, Any], count: int, emulator: Emulator
+) -> list[dict[str, Any]]:
+    script = tmp_path / "client_process.py"
+    script.write_text(_CLIENT_PROCESS)
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    barrier = context.Barrier(count)
+    with emulator.serve() as base_url:
+        spec = {**spec, "base_url": base_url}
+        processes = [
+            context.Process(
+                target=runpy.run_path,
+                args=(str(script), {"SPEC": spec, "QUEUE": queue, "BARRIER": barrier}),
+                daemon=True,
+            )
+            for _ in range(count)
+        ]
+        for process in processes:
+            process.start()
+        try:
+            reports = [queue.get(timeout=120) for _ in range(count)]
+        finally:
+            for process in processes:
+                process.join(30)
+                if process.is_alive():
+                    process.kill()
+                    process.join(10)
+    errors = [r["error"] for r in reports if "error" in r]
+    assert not errors, errors
+    assert [p.exitcode for p in processes] == [0] * count
+    return reports
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["disk", "redis"])
+def test_processes_sharing_a_store_make_one_upstream_call(
+    kind: str, mode: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if kind == "disk":
+        spec: dict[str, Any] = {"kind": kind, "where": str(tmp_path / "store")}
+    else:
+        url = request.getfixturevalue("redis_url")
+        spec = {"kind": kind, "where": url, "prefix": f"sf-{mode}-{time.monotonic_ns()}:"}
+    emulator = Emulator()
+    # A slow upstream: every process asks while the first one's call is still in flight.
+    emulator.inject("latency", seconds=1.5, times=None)
+    count = 4
+    reports = _run_clients(tmp_path, {**spec, "mode": mode}, count, emulator)
+    assert emulator.requests["messages"] == 1
+    assert sorted(r["cache"] for r in reports) == ["hit"] * (count - 1) + ["miss"]
+    assert len({r["text"] for r in reports}) == 1
+    # Each follower accounted its answer as a hit (a saving), the leader as a miss.
+    assert sorted(r["ledger"][0] for r in reports) == ["hit"] * (count - 1) + ["miss"]
+    assert len({r["pid"] for r in reports}) == count

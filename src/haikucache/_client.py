@@ -35,9 +35,9 @@ from ._exceptions import (
     UsageError,
 )
 from ._replay import message_to_events
-from ._singleflight import AsyncSingleFlight, SingleFlight
+from ._singleflight import AsyncLockStore, AsyncSingleFlight, Flight, LockStore, SingleFlight
 from ._sse import MessageAccumulator
-from ._store import CacheEntry
+from ._store import AsyncResponseStore, CacheEntry
 from ._types import (
     ContentBlockDeltaEvent,
     DeletedMessageBatch,
@@ -84,6 +84,13 @@ __all__ = [
 
 _T = TypeVar("_T")
 _NO_OPTIONS = CallOptions()
+
+#: Seconds a process holds the store's lease on a key while it calls upstream. A holder that
+#: died blocks nobody for longer; a call that takes longer lets a waiter call upstream too.
+FLIGHT_LEASE = 120.0
+#: Seconds a process waits for another one's answer to the same request before it calls
+#: upstream itself.
+FLIGHT_WAIT = 30.0
 
 # ``messages=``: a list of ``{"role", "content"}`` objects (``haikucache.MessageParam`` fits).
 MessagesParam = Sequence[Mapping[str, Any]]
@@ -187,18 +194,85 @@ def _results_url(batch: MessageBatch) -> str:
 
 
 class _CallContext:
-    """What a messages call needs from its client, sync or async: engine and header facts."""
+    """What a messages call needs from its client, sync or async: engine and header facts.
 
-    def __init__(self, engine: Engine, headers: Mapping[str, str]) -> None:
+    It also runs single-flight: identical requests in flight at the same time make one
+    upstream call. Within the process, followers wait for the leader in memory; across
+    processes sharing the store (:class:`~haikucache.DiskStore` on one machine,
+    :class:`~haikucache.RedisStore` on many), the leader holds the store's lease on the key
+    while it calls upstream and stores the answer, and followers poll the store for it (for
+    at most ``flight_wait`` seconds, then they call upstream themselves).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        headers: Mapping[str, str],
+        *,
+        flight_lease: float = FLIGHT_LEASE,
+        flight_wait: float = FLIGHT_WAIT,
+    ) -> None:
         self.engine = engine
         self.headers = headers
-        # Identical requests in flight at once make one upstream call (response cache on).
-        self.flights = SingleFlight()
-        self.aflights = AsyncSingleFlight()
+        store = engine.store
+        # Every haikucache store has leases; a home-made store without them coalesces
+        # within the process only.
+        leases: LockStore | None = store if _has_leases(store) else None
+        # (AsyncResponseStore is a runtime protocol: atry_lock and aunlock are checked too.)
+        aleases: AsyncLockStore | None = store if isinstance(store, AsyncResponseStore) else None
+        self.flights = SingleFlight(leases, lease=flight_lease, wait=flight_wait)
+        self.aflights = AsyncSingleFlight(aleases, lease=flight_lease, wait=flight_wait)
+        # A call that will not store its answer gives other processes nothing to find: it
+        # coalesces within the process only and takes no lease.
+        self.local_flights = SingleFlight()
+        self.alocal_flights = AsyncSingleFlight()
 
     def coalesce(self, call: PreparedCall) -> bool:
         """Whether concurrent twins of this call may share one upstream answer."""
         return self.engine.store is not None and not call.options.no_cache
+
+    def fly(self, call: PreparedCall, send: Callable[[], Message]) -> Message:
+        """Make ``send`` the one upstream call of every concurrent twin of ``call``."""
+        if call.options.no_store:
+            return self._settle(call, self.local_flights.run(call.key, send))
+        return self._settle(
+            call, self.flights.run(call.key, send, check=lambda: self._stored(call))
+        )
+
+    async def afly(self, call: PreparedCall, send: Callable[[], Awaitable[Message]]) -> Message:
+        """The async twin of :meth:`fly`."""
+        if call.options.no_store:
+            return self._settle(call, await self.alocal_flights.arun(call.key, send))
+
+        async def stored() -> Message | None:
+            store = self.engine.store
+            if store is None:
+                return None
+            now = self.engine.clock.now()
+            if isinstance(store, AsyncResponseStore):
+                entry = await store.aget(call.key, now=now)
+            else:
+                entry = store.get(call.key, now=now)
+            return None if entry is None else self.hit(call, entry)
+
+        return self._settle(call, await self.aflights.arun(call.key, send, check=stored))
+
+    def _stored(self, call: PreparedCall) -> Message | None:
+        """The answer another process stored meanwhile, served as a hit; else ``None``.
+
+        Only the exact key is read: the leader stores its answer under it, and a poll must
+        stay cheap (no embedding, no semantic search).
+        """
+        store = self.engine.store
+        if store is None:
+            return None
+        entry = store.get(call.key, now=self.engine.clock.now())
+        return None if entry is None else self.hit(call, entry)
+
+    def _settle(self, call: PreparedCall, flight: Flight[Message]) -> Message:
+        # leader and fallback: this caller's own upstream answer; found: already served
+        # (and accounted) as a hit by _stored; joined: the leader's message, to copy.
+        return self.shared(call, flight.value) if flight.role == "joined" else flight.value
 
     def shared(self, call: PreparedCall, leader: Message) -> Message:
         """A follower's copy of the answer its concurrent twin fetched: a hit, for $0."""
@@ -230,6 +304,7 @@ class _CallContext:
             options,
             api_version=headers.get("anthropic-version", DEFAULT_API_VERSION),
             betas=betas_from_headers(headers),
+            defer_plan=True,  # planned only if the call goes upstream: a hit costs no planning
         )
 
     def validate_count_tokens(
@@ -239,12 +314,35 @@ class _CallContext:
         version = self._headers(extra_headers).get("anthropic-version", DEFAULT_API_VERSION)
         return self.engine.validate_count_tokens(params, api_version=version)
 
-    def finish(self, call: PreparedCall, data: dict[str, Any], headers: httpx.Headers) -> Message:
-        """Wrap, account and store a complete message that came from upstream."""
+    def settle(self, call: PreparedCall, data: dict[str, Any], headers: httpx.Headers) -> Message:
+        """Wrap and account a complete message that came from upstream (not stored yet)."""
         message = Message(data)
         message._request_id = headers.get("request-id")
         message.haikucache = self.engine.record(call, data)
-        self.engine.store_answer(call, data, message.haikucache)
+        return message
+
+    def store(self, call: PreparedCall, message: Message) -> None:
+        """Keep an upstream answer in the response cache (if it is complete and allowed)."""
+        assert message.haikucache is not None
+        self.engine.store_answer(call, message._data, message.haikucache)
+
+    async def astore(self, call: PreparedCall, message: Message) -> None:
+        """The async twin of :meth:`store` (the store's own coroutine API where it has one)."""
+        assert message.haikucache is not None
+        await self.engine.astore_answer(call, message._data, message.haikucache)
+
+    def finish(self, call: PreparedCall, data: dict[str, Any], headers: httpx.Headers) -> Message:
+        """Wrap, account and store a complete message that came from upstream."""
+        message = self.settle(call, data, headers)
+        self.store(call, message)
+        return message
+
+    async def afinish(
+        self, call: PreparedCall, data: dict[str, Any], headers: httpx.Headers
+    ) -> Message:
+        """The async twin of :meth:`finish`."""
+        message = self.settle(call, data, headers)
+        await self.astore(call, message)
         return message
 
     def hit(self, call: PreparedCall, entry: CacheEntry) -> Message:
@@ -255,9 +353,18 @@ class _CallContext:
         return message
 
 
-_REPLAY_HEADERS = httpx.Headers(
-    {"content-type": "text/event-stream; charset=utf-8", "x-haikucache-cache": "hit"}
-)
+def _has_leases(store: object) -> bool:
+    return callable(getattr(store, "try_lock", None)) and callable(getattr(store, "unlock", None))
+
+
+def _replay_headers(message: Message) -> httpx.Headers:
+    info = message.haikucache
+    return httpx.Headers(
+        {
+            "content-type": "text/event-stream; charset=utf-8",
+            "x-haikucache-cache": info.cache if info is not None else "hit",
+        }
+    )
 
 
 class _ReplayEvents:
@@ -265,8 +372,8 @@ class _ReplayEvents:
 
     def __init__(self, message: Message) -> None:
         self._events = message_to_events(message.to_dict())
-        self.headers = _REPLAY_HEADERS
-        self.response = httpx.Response(200, headers=_REPLAY_HEADERS)
+        self.headers = _replay_headers(message)
+        self.response = httpx.Response(200, headers=self.headers)
         self.request_id: str | None = None
 
     def __iter__(self) -> _ReplayEvents:
@@ -310,6 +417,9 @@ class _StreamState:
         self._replayed = replayed  # a stored answer being replayed: already accounted
         self.accumulator = MessageAccumulator()
         self.final: Message | None = None
+        # A live answer that completed and awaits the store stage (done by the I/O twin:
+        # a sync put, or the store's coroutine API).
+        self.to_store: Message | None = None
 
     def on_event(self, data: dict[str, Any]) -> StreamEvent | None:
         # ping keeps the connection alive and means nothing to the caller (the SDK skips it).
@@ -322,10 +432,22 @@ class _StreamState:
             if self._replayed is not None:
                 self.final = self._replayed
             else:
-                self.final = self._context.finish(
+                self.final = self.to_store = self._context.settle(
                     self._call, self.accumulator.message(), self._headers
                 )
         return StreamEvent(data)
+
+    def store(self) -> None:
+        """The store stage of a completed live answer (once)."""
+        message, self.to_store = self.to_store, None
+        if message is not None:
+            self._context.store(self._call, message)
+
+    async def astore(self) -> None:
+        """The async twin of :meth:`store`."""
+        message, self.to_store = self.to_store, None
+        if message is not None:
+            await self._context.astore(self._call, message)
 
     def on_end(self) -> None:
         if self.final is None:
@@ -395,6 +517,8 @@ class MessageStream:
                     self._state.on_end()
                     raise StopIteration
                 event = self._state.on_event(data)
+                if self._state.to_store is not None:
+                    self._state.store()
             except BaseException:  # a malformed stream, or accounting failed: let go of it
                 self._events.close()
                 raise
@@ -473,6 +597,8 @@ class AsyncMessageStream:
                     self._state.on_end()
                     raise StopAsyncIteration
                 event = self._state.on_event(data)
+                if self._state.to_store is not None:
+                    await self._state.astore()
             except BaseException:
                 await self._events.aclose()
                 raise
@@ -1035,13 +1161,13 @@ class Messages:
             message = self._context.hit(call, entry)
             if not call.stream:
                 return message
-            state = _StreamState(self._context, call, _REPLAY_HEADERS, replayed=message)
+            state = _StreamState(self._context, call, _replay_headers(message), replayed=message)
             return MessageStream(_ReplayEvents(message), state)
         if call.stream:
             events = self._upstream.stream_sse(
                 "POST",
                 "/v1/messages",
-                json=call.body,
+                json=self._context.engine.plan(call).body,
                 params=extra_query,
                 headers=extra_headers,
                 timeout=timeout,
@@ -1052,7 +1178,7 @@ class Messages:
             data, headers = self._upstream.request_json(
                 "POST",
                 "/v1/messages",
-                json=call.body,
+                json=self._context.engine.plan(call).body,
                 params=extra_query,
                 headers=extra_headers,
                 timeout=timeout,
@@ -1061,8 +1187,7 @@ class Messages:
 
         if not self._context.coalesce(call):
             return send()
-        flight = self._context.flights.run(call.key, send)
-        return self._context.shared(call, flight.value) if flight.shared else flight.value
+        return self._context.fly(call, send)
 
     def stream(self, **params: Any) -> MessageStreamManager:
         """``create(..., stream=True)`` as a context manager that closes the stream on exit.
@@ -1406,13 +1531,13 @@ class AsyncMessages:
             message = self._context.hit(call, entry)
             if not call.stream:
                 return message
-            state = _StreamState(self._context, call, _REPLAY_HEADERS, replayed=message)
+            state = _StreamState(self._context, call, _replay_headers(message), replayed=message)
             return AsyncMessageStream(_ReplayEvents(message), state)
         if call.stream:
             events = await self._upstream.stream_sse(
                 "POST",
                 "/v1/messages",
-                json=call.body,
+                json=self._context.engine.plan(call).body,
                 params=extra_query,
                 headers=extra_headers,
                 timeout=timeout,
@@ -1423,17 +1548,16 @@ class AsyncMessages:
             data, headers = await self._upstream.request_json(
                 "POST",
                 "/v1/messages",
-                json=call.body,
+                json=self._context.engine.plan(call).body,
                 params=extra_query,
                 headers=extra_headers,
                 timeout=timeout,
             )
-            return self._context.finish(call, data, headers)
+            return await self._context.afinish(call, data, headers)
 
         if not self._context.coalesce(call):
             return await send()
-        flight = await self._context.aflights.arun(call.key, send)
-        return self._context.shared(call, flight.value) if flight.shared else flight.value
+        return await self._context.afly(call, send)
 
     def stream(self, **params: Any) -> AsyncMessageStreamManager:
         """``async with client.messages.stream(...) as stream``; see :meth:`Messages.stream`."""
