@@ -1,4 +1,4 @@
-"""The ``haikucache`` command: ``demo``, ``emulator``, ``explain``, ``report``.
+"""The ``haikucache`` command: ``demo``, ``emulator``, ``explain``, ``report``, ``batches``.
 
 Exit codes: 0 success, 1 the upstream failed, 2 a usage error (bad arguments or options),
 130 interrupted.
@@ -139,11 +139,14 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     if key and not args.emulator:
         client = Client(api_key=key, base_url=args.base_url, engine=engine)
         upstream = client.base_url
+        batch = args.batch
         intro = f"Running the demo against {upstream} (ANTHROPIC_API_KEY is set)."
     else:
         from .testing import Emulator
 
-        emulator = Emulator()
+        # Batches end after a second here (the real service takes minutes to hours).
+        emulator = Emulator(batch_processing_seconds=1.0)
+        batch = not args.no_batch
         client = Client(
             api_key="demo-key",
             base_url="http://emulator.local",
@@ -160,7 +163,9 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     tick, stop = _progress(count_calls(), enabled=not args.no_progress and not args.json)
     try:
         with client:
-            report = run_demo(client, model=args.model, upstream=str(upstream), on_call=tick)
+            report = run_demo(
+                client, model=args.model, upstream=str(upstream), on_call=tick, batch=batch
+            )
     finally:
         stop()
 
@@ -174,6 +179,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
                 "sections": {s.name: s.totals.to_dict() for s in report.sections},
                 "total": total.to_dict(),
                 "emulator_bill_usd": emulator.bill.total_usd if emulator is not None else None,
+                "batched": batch,
             },
             out,
             indent=2,
@@ -189,10 +195,24 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     )
     causes = ", ".join(f"{k.replace('_', ' ')} ${v:.4f}" for k, v in total.savings.items() if v)
     print(f"Saving by cause: {causes or 'none yet'}.", file=out)
+    batched = [s for s in report.sections if s.totals.savings.get("batch_discount")]
+    for section in batched:
+        t = section.totals
+        print(
+            f"{section.name}: {t.calls} jobs in one Message Batch billed ${t.billed_usd:.6f} "
+            f"instead of ${t.baseline_usd:.6f} realtime ({t.saved_fraction:.0%} saved).",
+            file=out,
+        )
     if emulator is not None:
         print(
             f"The emulator billed ${emulator.bill.total_usd:.4f} for "
-            f"{emulator.requests['messages']} requests (its own tokenizer and price table).",
+            f"{emulator.requests['messages']} requests"
+            + (
+                f" and {emulator.requests['batches.create']} batch(es)"
+                if emulator.requests["batches.create"]
+                else ""
+            )
+            + " (its own tokenizer and price table).",
             file=out,
         )
     print(f"Recorded in the ledger at {ledger.directory}; see `haikucache report`.", file=out)
@@ -294,6 +314,196 @@ def _cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- batches
+
+
+def _journal(args: argparse.Namespace) -> Any:
+    from ._batch_journal import open_journal
+
+    return open_journal(args.journal)
+
+
+def _when(value: float | None) -> str:
+    if value is None:
+        return "-"
+    import datetime as _dt
+
+    moment = _dt.datetime.fromtimestamp(value, tz=_dt.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _record_row(record: Any) -> list[str]:
+    counts = record.counts or {}
+    done = ", ".join(f"{k} {v:,}" for k, v in counts.items() if v) or "-"
+    return [
+        record.token,
+        record.batch_id or "-",
+        record.state,
+        f"{record.jobs:,}",
+        _when(record.created_at),
+        _when(record.ended_at),
+        done,
+    ]
+
+
+_BATCH_HEAD = ["token", "batch id", "state", "jobs", "created (UTC)", "ended (UTC)", "results"]
+
+
+def _cmd_batches(args: argparse.Namespace, out: TextIO) -> int:
+    return {
+        "list": _cmd_batches_list,
+        "status": _cmd_batches_status,
+        "resume": _cmd_batches_resume,
+    }[args.batches_command](args, out)
+
+
+def _cmd_batches_list(args: argparse.Namespace, out: TextIO) -> int:
+    journal = _journal(args)
+    records = journal.records()
+    if args.open:
+        records = [r for r in records if r.is_open]
+    if args.json:
+        json.dump({"batches": [r.to_dict() for r in records]}, out, indent=2)
+        print(file=out)
+        return EXIT_OK
+    if not records:
+        print(f"No batches in the journal {journal!r}.", file=out)
+        return EXIT_OK
+    _print_table(
+        out,
+        f"haikucache batches ({journal!r})",
+        _BATCH_HEAD,
+        [_record_row(r) for r in records],
+        text_columns=3,
+    )
+    waiting = sum(1 for r in records if r.is_open)
+    if waiting:
+        print(
+            f"{waiting} batch(es) still open: `haikucache batches resume` collects them.",
+            file=out,
+        )
+    return EXIT_OK
+
+
+def _upstream_client(args: argparse.Namespace) -> Any:
+    from ._client import Client
+
+    key = os.environ.get("ANTHROPIC_API_KEY") or None
+    token = os.environ.get("ANTHROPIC_AUTH_TOKEN") or None
+    return Client(api_key=key, auth_token=token, base_url=args.base_url, engine=args.engine)
+
+
+def _cmd_batches_status(args: argparse.Namespace, out: TextIO) -> int:
+    journal = _journal(args)
+    record = journal.find(args.batch)
+    upstream: dict[str, Any] | None = None
+    problem = None
+    batch_id = record.batch_id if record is not None else args.batch
+    if batch_id and batch_id.startswith("msgbatch_") and not args.offline:
+        try:
+            args.engine = Engine(ledger=False)
+            with _upstream_client(args) as client:
+                upstream = client.messages.batches.retrieve(batch_id).to_dict()
+        except HaikuCacheError as exc:
+            problem = str(exc)
+    if record is None and upstream is None:
+        raise UsageError(
+            f"no batch {args.batch!r} in the journal {journal!r}"
+            + (f" (upstream: {problem})" if problem else "")
+        )
+    if args.json:
+        json.dump(
+            {
+                "journal": record.to_dict() if record is not None else None,
+                "upstream": upstream,
+                "upstream_error": problem,
+            },
+            out,
+            indent=2,
+        )
+        print(file=out)
+        return EXIT_OK
+    if record is not None:
+        _print_table(out, "journal", _BATCH_HEAD, [_record_row(record)], text_columns=3)
+        if record.error:
+            print(f"note: {record.error}", file=out)
+    if upstream is not None:
+        counts = upstream.get("request_counts") or {}
+        print(
+            f"upstream {upstream.get('id')}: {upstream.get('processing_status')}; "
+            + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+            + f"; expires {upstream.get('expires_at')}",
+            file=out,
+        )
+    elif problem:
+        print(f"upstream: not reachable ({problem})", file=out)
+    return EXIT_OK
+
+
+def _store(spec: str | None) -> Any:
+    from ._store import DiskStore, RedisStore
+
+    if spec is None or spec == "disk":
+        return DiskStore()
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore(spec)
+    return DiskStore(spec)
+
+
+def _cmd_batches_resume(args: argparse.Namespace, out: TextIO) -> int:
+    from ._batcher import Batcher
+
+    ledger = DiskLedger(args.ledger_dir) if args.ledger_dir else DiskLedger()
+    store = _store(args.store)
+    key = os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")
+    args.engine = Engine.for_credentials(key, ledger=ledger, store=store)
+    journal = _journal(args)
+    with _upstream_client(args) as client:
+        batcher = Batcher(
+            client,
+            journal=journal,
+            poll_interval=args.poll_interval,
+            max_poll_interval=max(args.poll_interval, args.max_poll_interval),
+        )
+        try:
+            report = batcher.resume(
+                force=args.force, progress=not args.json and not args.no_progress
+            )
+        finally:
+            batcher.close()
+    if args.json:
+        json.dump(
+            {
+                "batches": [r.to_dict() for r in report.batches],
+                "delivered": report.delivered,
+                "failed": report.failed,
+                "skipped": [{"token": t, "reason": r} for t, r in report.skipped],
+            },
+            out,
+            indent=2,
+        )
+        print(file=out)
+    else:
+        if not report.batches and not report.skipped:
+            print("Nothing to resume: every batch in the journal is finished.", file=out)
+        if report.batches:
+            _print_table(
+                out,
+                "resumed batches",
+                _BATCH_HEAD,
+                [_record_row(r) for r in report.batches],
+                text_columns=3,
+            )
+            print(
+                f"{report.delivered:,} answer(s) stored in the response cache; "
+                f"{report.failed:,} job(s) without an answer.",
+                file=out,
+            )
+        for token, reason in report.skipped:
+            print(f"skipped {token}: {reason}", file=out)
+    return EXIT_OK if report.failed == 0 else EXIT_UPSTREAM
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -318,6 +528,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--emulator", action="store_true", help="use the emulator even with a key")
     demo.add_argument("--json", action="store_true", help="print the figures as JSON")
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument(
+        "--batch",
+        action="store_true",
+        help="real API: send the small jobs as a Message Batch (can take minutes)",
+    )
+    demo.add_argument(
+        "--no-batch", action="store_true", help="emulator: send the small jobs realtime"
+    )
     demo.add_argument(
         "--ledger-dir", default=None, help=f"default: {default_cache_dir() / 'ledger'}"
     )
@@ -349,6 +567,41 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--ledger-dir", default=None, help=f"default: {default_cache_dir() / 'ledger'}"
     )
+
+    batches = sub.add_parser(
+        "batches",
+        help="list, inspect and resume the Message Batches haikucache submitted",
+        description="The batch journal: every batch the batcher submitted, with its state. "
+        "`resume` finishes batches a crashed process left open and stores their answers "
+        "in the response cache.",
+    )
+    batches_sub = batches.add_subparsers(dest="batches_command", required=True, metavar="ACTION")
+    journal_help = f"a directory or redis:// URL (default: {default_cache_dir() / 'batches'})"
+    b_list = batches_sub.add_parser("list", help="the journal's batches")
+    b_list.add_argument("--open", action="store_true", help="only batches still open")
+    b_status = batches_sub.add_parser("status", help="one batch: journal and upstream state")
+    b_status.add_argument("batch", help="a msgbatch_ id or a journal token")
+    b_status.add_argument("--offline", action="store_true", help="do not ask the API")
+    b_status.add_argument("--base-url", default=None)
+    b_resume = batches_sub.add_parser(
+        "resume", help="poll open batches and store their answers in the response cache"
+    )
+    b_resume.add_argument("--base-url", default=None, help="default: $ANTHROPIC_BASE_URL")
+    b_resume.add_argument(
+        "--store", default=None, help="response store: a directory or redis:// URL (default: disk)"
+    )
+    b_resume.add_argument(
+        "--ledger-dir", default=None, help=f"default: {default_cache_dir() / 'ledger'}"
+    )
+    b_resume.add_argument("--poll-interval", type=float, default=5.0)
+    b_resume.add_argument("--max-poll-interval", type=float, default=60.0)
+    b_resume.add_argument(
+        "--force", action="store_true", help="also batches whose submitting process still runs"
+    )
+    b_resume.add_argument("--no-progress", action="store_true")
+    for p in (b_list, b_status, b_resume):
+        p.add_argument("--journal", default=None, help=journal_help)
+        p.add_argument("--json", action="store_true")
     return parser
 
 
@@ -363,6 +616,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "emulator": _cmd_emulator,
     "explain": _cmd_explain,
     "report": _cmd_report,
+    "batches": _cmd_batches,
 }
 
 

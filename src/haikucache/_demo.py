@@ -5,11 +5,11 @@ Three kinds of traffic a Haiku 4.5 application sends:
 * an **agent loop** — a long system prompt (a support policy of ~6,000 tokens) and 6 tools,
   several customers, each turn a tool call then an answer;
 * **questions** — short Q&A, some asked again word for word;
-* **small jobs** — one-line classification prompts that could wait for a batch.
+* **small jobs** — one-line classification prompts that can wait: with ``batch=True`` they go
+  through a :class:`haikucache.Batcher` as one Message Batch, at half price.
 
-Each call goes through :class:`haikucache.Client`, so whatever the engine does (today:
-validation and accounting; with later stages prompt caching, the response cache and
-batching) shows up in the ledger table the demo prints.
+Each call goes through :class:`haikucache.Client`, so whatever the engine does (prompt
+caching, the response cache, batching) shows up in the ledger table the demo prints.
 """
 
 from __future__ import annotations
@@ -226,6 +226,8 @@ def run_demo(
     model: str = DEFAULT_MODEL,
     upstream: str = "emulator",
     on_call: Callable[[str], None] | None = None,
+    batch: bool = False,
+    poll_interval: float = 0.5,
 ) -> DemoReport:
     """Run the demo workload through ``client`` and return per-section totals.
 
@@ -234,6 +236,9 @@ def run_demo(
         model: the model to call.
         upstream: a label for the report ("emulator" or the API's base URL).
         on_call: called after each call with the section name (drives a progress bar).
+        batch: send the small jobs as one Message Batch (50 % off) through a
+            :class:`haikucache.Batcher`; batches can take minutes on the real API.
+        poll_interval: seconds between polls of that batch.
     """
     tick = on_call or (lambda _name: None)
     policy = support_policy()
@@ -272,10 +277,35 @@ def run_demo(
                     }
                 )
 
-    one_shot = (
+    job_system = "Classify the airline review as positive, negative or mixed. One word."
+    one_shot = [
         (questions, _QUESTIONS, 256, "You answer questions about Haiku Air in two sentences."),
-        (jobs, _JOBS, 16, "Classify the airline review as positive, negative or mixed. One word."),
-    )
+    ]
+    if batch:
+        from ._batcher import Batcher
+
+        jobs.name = "small jobs (batch)"
+        requests = [
+            {
+                "model": model,
+                "max_tokens": 16,
+                "system": job_system,
+                "messages": [{"role": "user", "content": prompt}],
+            }
+            for prompt in _JOBS
+        ]
+        # An in-memory journal: the demo's batch is waited for here, never resumed later.
+        with Batcher(
+            client,
+            journal="memory",
+            poll_interval=poll_interval,
+            max_poll_interval=max(poll_interval, 5.0),
+        ) as batcher:
+            for answer in batcher.map(requests):
+                jobs.add(answer, model)
+                tick(jobs.name)
+    else:
+        one_shot.append((jobs, _JOBS, 16, job_system))
     for section, prompts, max_tokens, system in one_shot:
         for prompt in prompts:
             reply = client.messages.create(

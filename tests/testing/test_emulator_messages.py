@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -680,6 +681,21 @@ def test_tool_input_validates_against_the_schema(seed: int) -> None:
             assert call["name"] == tool["name"]
             assert re.fullmatch(r"toolu_01[A-Za-z0-9]{22}", call["id"])
             validate(call["input"], tool["input_schema"], tool["input_schema"])
+
+
+@pytest.mark.parametrize("where", ["output_config", "output_format"])
+def test_structured_output_answers_with_json_that_follows_the_schema(
+    send: Send, where: str
+) -> None:
+    schema = BOOKING["input_schema"]
+    fmt = {"type": "json_schema", "schema": schema}
+    extra = (
+        {"output_config": {"format": fmt}} if where == "output_config" else {"output_format": fmt}
+    )
+    message = send({**HELLO, **extra}).json()
+    assert message["stop_reason"] == "end_turn"
+    assert [b["type"] for b in message["content"]] == ["text"]
+    validate(json.loads(message["content"][0]["text"]), schema, schema)
 
 
 def test_auto_calls_a_tool_then_answers_after_the_result(send: Send) -> None:

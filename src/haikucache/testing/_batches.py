@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from haikucache.testing._request import invalid
 
-__all__ = ["BATCH_TTL_SECONDS", "MAX_BATCH_REQUESTS", "BatchRecord", "rfc3339", "validate_envelope"]
+__all__ = [
+    "BATCH_TTL_SECONDS",
+    "MAX_BATCH_REQUESTS",
+    "BatchFailures",
+    "BatchRecord",
+    "rfc3339",
+    "validate_envelope",
+]
 
 BATCH_TTL_SECONDS = 24 * 3600.0
 MAX_BATCH_REQUESTS = 100_000
@@ -137,3 +146,61 @@ class BatchRecord:
             "cancel_initiated_at": rfc3339(self.cancel_initiated_at),
             "results_url": f"{base_url}/v1/messages/batches/{self.id}/results" if ended else None,
         }
+
+
+_ERROR_MESSAGES = {
+    "api_error": "Internal server error",
+    "overloaded_error": "Overloaded",
+    "rate_limit_error": "This request would exceed your organization's rate limit.",
+    "timeout_error": "Request timed out",
+    "invalid_request_error": "Invalid request",
+}
+
+
+@dataclass
+class BatchFailures:
+    """Partial failures of batch requests: which requests end ``errored``, and how.
+
+    A request fails when its ``custom_id`` is listed, or with probability ``rate`` (decided
+    by a hash of the seed and the ``custom_id``, so runs repeat). ``times`` bounds how many
+    results fail in total (``None``: no bound), so a retried request can succeed.
+    """
+
+    rate: float = 0.0
+    custom_ids: frozenset[str] = frozenset()
+    error_type: str = "api_error"
+    times: int | None = None
+    hits: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def take(self, custom_id: str, seed: int) -> str | None:
+        """The error type for this request's result, or ``None`` to run it normally."""
+        import xxhash
+
+        chosen = custom_id in self.custom_ids
+        if not chosen and self.rate > 0:
+            draw = xxhash.xxh3_64_intdigest(f"{seed}:{custom_id}".encode()) / 2**64
+            chosen = draw < self.rate
+        if not chosen:
+            return None
+        with self._lock:
+            if self.times is not None and self.hits >= self.times:
+                return None
+            self.hits += 1
+        return self.error_type
+
+    @staticmethod
+    def message(error_type: str) -> str:
+        return _ERROR_MESSAGES.get(error_type, "Injected batch error")
+
+
+def failures(
+    rate: float, custom_ids: Collection[str], error_type: str, times: int | None
+) -> BatchFailures:
+    if not 0 <= rate <= 1:
+        raise ValueError("rate must be between 0 and 1")
+    if times is not None and times < 1:
+        raise ValueError("times must be >= 1 or None")
+    return BatchFailures(
+        rate=rate, custom_ids=frozenset(custom_ids), error_type=error_type, times=times
+    )

@@ -23,7 +23,13 @@ import xxhash
 
 from haikucache._clock import Clock, SystemClock
 from haikucache.testing._answers import generate_text_pieces, generate_thinking, input_from_schema
-from haikucache.testing._batches import BatchRecord, rfc3339, validate_envelope
+from haikucache.testing._batches import (
+    BatchFailures,
+    BatchRecord,
+    failures,
+    rfc3339,
+    validate_envelope,
+)
 from haikucache.testing._bill import Bill, BillEntry, price_usage
 from haikucache.testing._faults import FAULT_KINDS, Fault, FaultSet
 from haikucache.testing._prompt_cache import CacheUsage, PromptCache
@@ -164,6 +170,7 @@ class Emulator:
         self._faults = FaultSet()
         self._batches: dict[str, BatchRecord] = {}
         self._batch_seq = 0
+        self._batch_failures: list[BatchFailures] = []
         self._ids = random.Random(f"haikucache-emulator-ids:{seed}")
         # One lock around all state: the loopback server is threaded, and prompt-cache
         # writes must be visible to the next request in a well-defined order.
@@ -240,8 +247,42 @@ class Emulator:
         )
 
     def clear_faults(self) -> None:
-        """Remove every injected fault."""
+        """Remove every injected fault (and every batch failure)."""
         self._faults.clear()
+        with self._lock:
+            self._batch_failures.clear()
+
+    def inject_batch_errors(
+        self,
+        *,
+        rate: float = 0.0,
+        custom_ids: Collection[str] = (),
+        error_type: str = "api_error",
+        times: int | None = None,
+    ) -> BatchFailures:
+        """Make some batch requests end ``errored`` (a partial failure of the batch).
+
+        Args:
+            rate: share of requests that fail, chosen by a hash of the seed and the
+                ``custom_id`` (so a run repeats).
+            custom_ids: requests that fail whatever the rate.
+            error_type: the API error type in their results, e.g. ``"api_error"``,
+                ``"overloaded_error"`` (transient) or ``"invalid_request_error"``.
+            times: at most this many results fail in total (``None``: no limit).
+
+        Returns:
+            The :class:`BatchFailures`; ``hits`` counts the results it failed.
+        """
+        plan = failures(rate, custom_ids, error_type, times)
+        with self._lock:
+            self._batch_failures.append(plan)
+        return plan
+
+    @property
+    def batch_count(self) -> int:
+        """How many batches were created (deleted ones included)."""
+        with self._lock:
+            return len(self._batches)
 
     # ----------------------------------------------------------------- adapters
 
@@ -580,6 +621,20 @@ class Emulator:
                 )
                 return content, "tool_use", None, used + pre_cost + tool_cost
 
+        # Structured outputs: a text answer (not a tool call) is one JSON text that
+        # follows the schema.
+        fmt = (parsed.body.get("output_config") or {}).get("format") or parsed.body.get(
+            "output_format"
+        )
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            text = json.dumps(
+                input_from_schema(fmt.get("schema") or {}, rng, parsed.last_user_text)
+            )
+            cost = tok.count(text)
+            if used + cost <= budget:
+                content.append({"type": "text", "text": text})
+                return content, "end_turn", None, used + cost
+
         texts, costs = generate_text_pieces(rng, tok, rng.randint(25, 250))
         remaining = budget - used
         spent = 0
@@ -724,18 +779,17 @@ class Emulator:
                 )
             except APIError as err:
                 counts["errored"] += 1
+                results.append(_errored(custom_id, err.error_type, err.message, self._new_id))
+                continue
+            injected = next(
+                (t for t in (f.take(custom_id, self.seed) for f in self._batch_failures) if t),
+                None,
+            )
+            if injected is not None:
+                # A partial failure: not billed, as the real service bills no errored result.
+                counts["errored"] += 1
                 results.append(
-                    {
-                        "custom_id": custom_id,
-                        "result": {
-                            "type": "errored",
-                            "error": {
-                                "type": "error",
-                                "error": {"type": err.error_type, "message": err.message},
-                                "request_id": self._new_id("req_"),
-                            },
-                        },
-                    }
+                    _errored(custom_id, injected, BatchFailures.message(injected), self._new_id)
                 )
                 continue
             message = self._answer(parsed, when, tier="batch")
@@ -852,6 +906,20 @@ class Emulator:
             raw = self._ids.randbytes(17)
         # Base64 with letters for its two symbols: ids look like the real base62 ones.
         return prefix + "01" + base64.b64encode(raw, altchars=b"xQ").decode()[:22]
+
+
+def _errored(custom_id: str, error_type: str, message: str, new_id: Any) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "result": {
+            "type": "errored",
+            "error": {
+                "type": "error",
+                "error": {"type": error_type, "message": message},
+                "request_id": new_id("req_"),
+            },
+        },
+    }
 
 
 def _route(method: str, path: str) -> tuple[str, str | None]:
