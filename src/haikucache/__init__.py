@@ -6,6 +6,14 @@ The public API is what ``__all__`` lists; every other module is private.
 from __future__ import annotations
 
 from . import types
+from ._batch_journal import (
+    BatchJournal,
+    DiskBatchJournal,
+    JournalRecord,
+    MemoryBatchJournal,
+    RedisBatchJournal,
+)
+from ._batcher import AsyncBatcher, Batcher, ResumeReport
 from ._catalog import DEFAULT_MODEL, ModelInfo, known_models, lookup_model
 from ._client import (
     AsyncBatchResults,
@@ -18,6 +26,8 @@ from ._client import (
     SyncPage,
 )
 from ._clock import Clock, ManualClock, SystemClock
+from ._decorator import Args, AsyncLLMFunction, AsyncMemoized, LLMFunction, Memoized, llm, memoize
+from ._embed_local import LocalEmbedder
 from ._engine import CallInfo, CallOptions, Engine, PreparedCall, default_ledger
 from ._exceptions import (
     APIConnectionError,
@@ -62,6 +72,19 @@ from ._ledger import (
     price_usage,
 )
 from ._planner import Breakpoint, Plan, Planner, PlannerPolicy, PrefixStats
+from ._semantic import (
+    DEFAULT_THRESHOLD,
+    AsyncEmbedder,
+    CallableEmbedder,
+    Embedder,
+    LangChainEmbedder,
+    LlamaIndexEmbedder,
+    SemanticConfig,
+    as_embedder,
+    calibrate_threshold,
+    check_guards,
+)
+from ._semantic import GUARDS as SEMANTIC_GUARDS
 from ._store import (
     AsyncResponseStore,
     CacheEntry,
@@ -77,13 +100,20 @@ from ._wire import MessageCreateParams, MessageParam, validate_request
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEFAULT_THRESHOLD",
     "KEY_VERSION",
+    "SEMANTIC_GUARDS",
     "APIConnectionError",
     "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
+    "Args",
     "AsyncBatchResults",
+    "AsyncBatcher",
     "AsyncClient",
+    "AsyncEmbedder",
+    "AsyncLLMFunction",
+    "AsyncMemoized",
     "AsyncMessageStream",
     "AsyncPage",
     "AsyncResponseStore",
@@ -94,28 +124,40 @@ __all__ = [
     "BatchItemError",
     "BatchItemErroredError",
     "BatchItemExpiredError",
+    "BatchJournal",
     "BatchResults",
+    "Batcher",
     "BillingError",
     "Breakpoint",
     "CacheEntry",
     "CacheStoreError",
     "CallInfo",
     "CallOptions",
+    "CallableEmbedder",
     "Client",
     "Clock",
     "ConfigurationError",
     "ConflictError",
     "Cost",
+    "DiskBatchJournal",
     "DiskLedger",
     "DiskStore",
+    "Embedder",
     "Engine",
     "GatewayTimeoutError",
     "HaikuCacheError",
     "InternalServerError",
+    "JournalRecord",
+    "LLMFunction",
+    "LangChainEmbedder",
     "Ledger",
     "LedgerEntry",
     "LedgerTotals",
+    "LlamaIndexEmbedder",
+    "LocalEmbedder",
     "ManualClock",
+    "Memoized",
+    "MemoryBatchJournal",
     "MemoryLedger",
     "MemoryStore",
     "Message",
@@ -133,10 +175,13 @@ __all__ = [
     "PrefixStats",
     "PreparedCall",
     "RateLimitError",
+    "RedisBatchJournal",
     "RedisStore",
     "RequestTooLargeError",
     "RequestValidationError",
     "ResponseStore",
+    "ResumeReport",
+    "SemanticConfig",
     "StoreStats",
     "SyncPage",
     "SystemClock",
@@ -145,11 +190,16 @@ __all__ = [
     "UpstreamError",
     "UsageError",
     "__version__",
+    "as_embedder",
+    "calibrate_threshold",
     "canonical_json",
+    "check_guards",
     "default_cache_dir",
     "default_ledger",
     "known_models",
+    "llm",
     "lookup_model",
+    "memoize",
     "partition_key",
     "price_usage",
     "request_key",
