@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,8 @@ from haikucache._store import (
     encode_entry,
     is_storable,
 )
+from haikucache.testing import RedisServer, start_redis_server
+from haikucache.testing._redis import free_port
 
 KINDS = ["memory", "disk", "redis"]
 
@@ -47,85 +48,13 @@ KINDS = ["memory", "disk", "redis"]
 # --------------------------------------------------------------------------- a real Redis
 
 
-@dataclass
-class RedisServer:
-    port: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _redis_binary() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
+def _redis_binary() -> None:
+    """Skip (fail in CI) where there is no redis-server or redis client."""
+    if shutil.which("redis-server") is None:
         if os.environ.get("CI"):
             pytest.fail("redis-server is not installed; CI installs it in .ci/run")
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     pytest.importorskip("redis")
-    return binary
-
-
-def _start_redis(directory: Path, port: int) -> RedisServer:
-    directory.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [
-            _redis_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return RedisServer(port, process)
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            _stop_redis(RedisServer(port, process))
-            raise RuntimeError(f"redis-server did not start on port {port}")
-        time.sleep(0.02)
-
-
-def _stop_redis(server: RedisServer) -> None:
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(10)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(10)
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A redis-server of our own on a free loopback port, for the whole session."""
-    server = _start_redis(tmp_path_factory.mktemp("redis"), _free_port())
-    try:
-        yield server
-    finally:
-        _stop_redis(server)
 
 
 @pytest.fixture
@@ -678,7 +607,7 @@ def test_redis_down_is_a_logged_miss_and_recovers(
     make_store: Make, tmp_path: Path, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     _redis_binary()
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     store = RedisStore(url, cooldown=0.0, socket_timeout=0.5)
     now = clock.now()
@@ -697,7 +626,7 @@ def test_redis_down_is_a_logged_miss_and_recovers(
         stats = store.stats()
         assert stats.misses == 5 and stats.errors >= 11
 
-        server = _start_redis(tmp_path / "late-redis", port)
+        server = start_redis_server(tmp_path / "late-redis", port=port)
         try:
             caplog.clear()
             with caplog.at_level(logging.INFO, logger="haikucache"):
@@ -706,14 +635,14 @@ def test_redis_down_is_a_logged_miss_and_recovers(
             assert any("works again" in r.getMessage() for r in caplog.records)
         finally:
             store.close()
-            _stop_redis(server)
+            server.stop()
     finally:
         store.close()
 
 
 def test_redis_down_strict_raises() -> None:
     _redis_binary()
-    store = RedisStore(f"redis://127.0.0.1:{_free_port()}/0", strict=True)
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", strict=True)
     try:
         with pytest.raises(CacheStoreError, match="get failed") as info:
             store.get(key(1), now=0.0)
@@ -724,7 +653,7 @@ def test_redis_down_strict_raises() -> None:
 
 def test_after_a_connection_failure_redis_is_not_retried_during_the_cooldown() -> None:
     _redis_binary()
-    store = RedisStore(f"redis://127.0.0.1:{_free_port()}/0", cooldown=60.0)
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", cooldown=60.0)
     try:
         started = time.perf_counter()
         assert [store.get(key(n), now=0.0) for n in range(100)] == [None] * 100

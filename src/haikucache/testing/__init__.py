@@ -27,6 +27,7 @@ from haikucache._clock import ManualClock
 from haikucache.testing._bill import Bill, BillEntry
 from haikucache.testing._emulator import ConnectionCut, Emulator, EmulatorResponse, LogRecord
 from haikucache.testing._faults import Fault
+from haikucache.testing._redis import RedisServer, start_redis_server
 from haikucache.testing._server import EmulatorServer, run_server
 from haikucache.testing._transports import EmulatorTransport
 
@@ -41,5 +42,7 @@ __all__ = [
     "Fault",
     "LogRecord",
     "ManualClock",
+    "RedisServer",
     "run_server",
+    "start_redis_server",
 ]

@@ -7,10 +7,6 @@ semantic hit never crosses a partition or a guard.
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,7 +21,7 @@ from langchain_core.outputs import Generation
 from langchain_tests.integration_tests import AsyncCacheTestSuite, SyncCacheTestSuite
 
 from haikucache import ConfigurationError, DiskStore, MemoryStore, RedisStore
-from haikucache.testing import Emulator
+from haikucache.testing import Emulator, start_redis_server
 from langchain_haikucache import HaikuCacheLLMCache
 
 MODEL = "claude-haiku-4-5"
@@ -182,43 +178,16 @@ def test_semantic_hit_carries_its_similarity(semantic: object) -> None:
 # --------------------------------------------------------------------------- Redis
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    """A redis-server of the module's own on a free loopback port."""
     pytest.importorskip("redis")
-    port = _free_port()
-    directory = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(directory)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.02)
     try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(10)
+        server = start_redis_server(tmp_path_factory.mktemp("redis"))
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    with server:
+        yield server.url
 
 
 class TestRedisSync(SyncCacheTestSuite):
