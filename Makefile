@@ -38,11 +38,19 @@ bench: install  ## benchmark figures quoted in the README
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/bench_overhead.py --json bench-overhead.json
 	$(BIN)/python benchmarks/bench_cost.py --json bench-cost.json --png docs/bench_cost.png
+	$(BIN)/python benchmarks/bench_cache.py --json bench-cache.json
+	$(BIN)/python benchmarks/bench_semantic.py --json bench-semantic.json --sample 8000
+	$(BIN)/python benchmarks/bench_batch.py --json bench-batch.json
+	$(BIN)/python benchmarks/bench_langchain.py --json bench-langchain.json
 
 bench-quick: install
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/bench_overhead.py --quick --json bench-overhead.json
 	$(BIN)/python benchmarks/bench_cost.py --quick --json bench-cost.json
+	$(BIN)/python benchmarks/bench_cache.py --quick --json bench-cache.json
+	$(BIN)/python benchmarks/bench_semantic.py --quick --json bench-semantic.json
+	$(BIN)/python benchmarks/bench_batch.py --quick --json bench-batch.json
+	$(BIN)/python benchmarks/bench_langchain.py --quick --json bench-langchain.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cache build dist
