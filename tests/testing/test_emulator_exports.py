@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import httpx
+import pytest
 
 import haikucache.testing
 from haikucache._clock import ManualClock as CoreManualClock
@@ -21,7 +25,9 @@ def test_all_is_pinned() -> None:
         "Fault",
         "LogRecord",
         "ManualClock",
+        "RedisServer",
         "run_server",
+        "start_redis_server",
     ]
     for name in haikucache.testing.__all__:
         assert getattr(haikucache.testing, name) is not None
@@ -50,3 +56,14 @@ def test_importing_the_package_does_not_import_httpx2_or_anthropic() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_start_redis_server_gives_a_working_server(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    redis = pytest.importorskip("redis")
+    with haikucache.testing.start_redis_server(tmp_path) as server:
+        client = redis.Redis.from_url(server.url)
+        assert client.ping() is True
+        client.close()
+    assert server.process.poll() is not None  # stopped on exit
