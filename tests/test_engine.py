@@ -73,3 +73,13 @@ def test_record_accounts_the_call() -> None:
 def test_bad_options_are_usage_errors(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
         CallOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_call_options_from_door_keywords() -> None:
+    from haikucache import CallOptions, ConfigurationError
+
+    assert CallOptions.of() is CallOptions.of(tags=[])  # the shared default: nothing set
+    options = CallOptions.of("tenant", no_store=True, ttl=60, tags=["a", "b"])
+    assert options == CallOptions("tenant", False, True, 60, ("a", "b"))
+    with pytest.raises(ConfigurationError, match="one string"):
+        CallOptions.of(tags="ab")

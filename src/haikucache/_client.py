@@ -83,7 +83,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-_NO_OPTIONS = CallOptions()
 
 #: Seconds a process holds the store's lease on a key while it calls upstream. A holder that
 #: died blocks nobody for longer; a call that takes longer lets a waiter call upstream too.
@@ -114,26 +113,6 @@ def _resolve_credentials(
             "ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) environment variable"
         )
     return api_key, auth_token
-
-
-def _call_options(
-    namespace: str | None,
-    no_cache: bool,
-    no_store: bool,
-    ttl: float | None,
-    tags: Sequence[str] | None,
-) -> CallOptions:
-    if namespace is None and not no_cache and not no_store and ttl is None and not tags:
-        return _NO_OPTIONS
-    if isinstance(tags, str):
-        raise ConfigurationError("tags must be a sequence of strings, not one string")
-    return CallOptions(
-        namespace=namespace,
-        no_cache=no_cache,
-        no_store=no_store,
-        ttl=ttl,
-        tags=tuple(tags or ()),
-    )
 
 
 def _request_params(
@@ -276,17 +255,7 @@ class _CallContext:
 
     def shared(self, call: PreparedCall, leader: Message) -> Message:
         """A follower's copy of the answer its concurrent twin fetched: a hit, for $0."""
-        data = leader.to_dict()
-        info = leader.haikucache
-        entry = CacheEntry.for_message(
-            key=call.key,
-            namespace=call.namespace,
-            message=data,
-            now=self.engine.clock.now(),
-            cost_usd=info.cost_usd if info is not None else 0.0,
-            baseline_usd=info.baseline_usd if info is not None else 0.0,
-        )
-        return self.hit(call, entry)
+        return self.hit(call, self.engine.shared_entry(call, leader.to_dict(), leader.haikucache))
 
     def _headers(self, extra_headers: HeaderTypes | None) -> Mapping[str, str]:
         return merge_headers(self.headers, extra_headers) if extra_headers else self.headers
@@ -1153,7 +1122,7 @@ class Messages:
             extra,
             extra_body,
         )
-        options = _call_options(namespace, no_cache, no_store, ttl, tags)
+        options = CallOptions.of(namespace, no_cache, no_store, ttl, tags)
 
         call = self._context.prepare(params, options, extra_headers)
         entry = self._context.engine.lookup(call)
@@ -1523,7 +1492,7 @@ class AsyncMessages:
             extra,
             extra_body,
         )
-        options = _call_options(namespace, no_cache, no_store, ttl, tags)
+        options = CallOptions.of(namespace, no_cache, no_store, ttl, tags)
 
         call = self._context.prepare(params, options, extra_headers)
         entry = await self._context.engine.alookup(call)

@@ -81,6 +81,26 @@ class CallOptions:
         if isinstance(self.tags, str) or not all(isinstance(t, str) for t in self.tags):
             raise ConfigurationError("tags must be a sequence of strings")
 
+    @classmethod
+    def of(
+        cls,
+        namespace: str | None = None,
+        no_cache: bool = False,
+        no_store: bool = False,
+        ttl: float | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> CallOptions:
+        """Options from a door's keywords (``tags`` any sequence); the shared default when
+        none is set, so the common call allocates nothing."""
+        if namespace is None and not no_cache and not no_store and ttl is None and not tags:
+            return _NO_OPTIONS
+        if isinstance(tags, str):
+            raise ConfigurationError("tags must be a sequence of strings, not one string")
+        return cls(namespace, no_cache, no_store, ttl, tuple(tags or ()))
+
+
+_NO_OPTIONS = CallOptions()
+
 
 @dataclass
 class PreparedCall:
@@ -490,6 +510,20 @@ class Engine:
         if semantic:
             info = dataclasses.replace(info, similarity=entry.similarity)
         return message, info
+
+    def shared_entry(
+        self, call: PreparedCall, message: Mapping[str, Any], leader: CallInfo | None
+    ) -> CacheEntry:
+        """The answer a concurrent twin (the single-flight leader) fetched, as an entry that
+        :meth:`hit` serves to a follower for $0, priced as the leader's call."""
+        return CacheEntry.for_message(
+            key=call.key,
+            namespace=call.namespace,
+            message=message,
+            now=self.clock.now(),
+            cost_usd=leader.cost_usd if leader is not None else 0.0,
+            baseline_usd=leader.baseline_usd if leader is not None else 0.0,
+        )
 
     def _entry_to_store(
         self, call: PreparedCall, message: Mapping[str, Any], info: CallInfo

@@ -28,7 +28,6 @@ from dataclasses import replace
 from types import ModuleType
 from typing import Any
 
-from ._client import _call_options
 from ._engine import CallInfo, CallOptions, Engine, PreparedCall, namespace_for
 from ._exceptions import ConfigurationError
 from ._replay import message_to_sse
@@ -103,7 +102,7 @@ def option_headers(
     tags: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """Request headers that carry haikucache's per-call options (validated here)."""
-    options = _call_options(namespace, no_cache, no_store, ttl, tags)
+    options = CallOptions.of(namespace, no_cache, no_store, ttl, tags)
     headers: dict[str, str] = {}
     if options.namespace is not None:
         if not options.namespace.isascii():
@@ -153,7 +152,7 @@ def options_from_headers(headers: Mapping[str, str]) -> CallOptions:
             raise ConfigurationError(f"header {TTL_HEADER} must be finite, got {raw_ttl!r}")
     raw_tags = headers.get(TAGS_HEADER)
     tags = [t.strip() for t in raw_tags.split(",") if t.strip()] if raw_tags else None
-    return _call_options(
+    return CallOptions.of(
         headers.get(NAMESPACE_HEADER) or None,
         _flag(headers, NO_CACHE_HEADER),
         _flag(headers, NO_STORE_HEADER),
@@ -392,15 +391,7 @@ class Door:
         self, call: PreparedCall, message: Mapping[str, Any], leader: CallInfo
     ) -> tuple[bytes, dict[str, str], CallInfo]:
         """A follower's copy of the answer its concurrent twin fetched: a hit, for $0."""
-        entry = CacheEntry.for_message(
-            key=call.key,
-            namespace=call.namespace,
-            message=message,
-            now=self.engine.clock.now(),
-            cost_usd=leader.cost_usd,
-            baseline_usd=leader.baseline_usd,
-        )
-        return self.hit(call, entry)
+        return self.hit(call, self.engine.shared_entry(call, message, leader))
 
     def namespace(self, credential: str | None) -> str:
         """The tenant of a call made with ``credential`` (a hash, never the key itself)."""
