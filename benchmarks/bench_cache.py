@@ -340,7 +340,9 @@ def semantic_lookup_ms(
         "usage": {"input_tokens": 40, "output_tokens": 80},
     }
     for i in range(count):
-        call = engine.prepare(request(f"please explain the topic {words(i)} in simple words"))
+        call = engine.prepare(
+            request(f"please explain the topic {words(i)} in simple words"), credential=None
+        )
         assert call.partition is not None
         assert call.text is not None
         entry = CacheEntry.for_message(
@@ -355,7 +357,7 @@ def semantic_lookup_ms(
         if i and i % 50_000 == 0:
             progress(f"{i:,} semantic entries")
     target = "please explain the topic " + words(count // 2) + " in simple words"
-    call = engine.prepare(request(target + ", thanks"))
+    call = engine.prepare(request(target + ", thanks"), credential=None)
     noisy = vector_of(target) + 0.01 * embed(["noise"])[0]
     call.vector = (noisy / np.linalg.norm(noisy)).astype(np.float32)
     found = engine.lookup(call)

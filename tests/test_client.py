@@ -908,7 +908,7 @@ def test_a_call_that_will_not_store_does_not_wait_for_a_lease(
     store = DiskStore(tmp_path / "r", strict=True)
     engine = Engine(ledger=False, store=store)
     with Client(api_key="k", base_url=BASE_URL, transport=emu.transport(), engine=engine) as c:
-        key = engine.prepare(ASK).key
+        key = engine.prepare(ASK, credential="k").key
         # Another process is in flight for this request and holds the lease...
         assert store.try_lock("sf:" + key, ttl=60) is not None
         started = time.monotonic()

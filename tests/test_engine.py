@@ -23,19 +23,21 @@ REQUEST = {
 
 def test_prepare_validates_keys_and_drops_nones() -> None:
     engine = Engine(namespace="team", ledger=MemoryLedger())
-    call = engine.prepare({**REQUEST, "system": None, "stream": True})
+    call = engine.prepare({**REQUEST, "system": None, "stream": True}, credential=None)
     assert call.body == {**REQUEST, "stream": True}
     assert call.stream is True
     assert call.key == request_key(REQUEST, namespace="team")
     with pytest.raises(RequestValidationError):
-        engine.prepare({**REQUEST, "max_tokens": 0})
+        engine.prepare({**REQUEST, "max_tokens": 0}, credential=None)
 
 
 def test_haikucache_options_never_reach_the_body() -> None:
     engine = Engine(ledger=False)
     with pytest.raises(RequestValidationError, match="haikucache options"):
-        engine.prepare({**REQUEST, "namespace": "x"})
-    call = engine.prepare(REQUEST, CallOptions(namespace="tenant-7", no_store=True))
+        engine.prepare({**REQUEST, "namespace": "x"}, credential=None)
+    call = engine.prepare(
+        REQUEST, CallOptions(namespace="tenant-7", no_store=True), credential=None
+    )
     assert call.namespace == "tenant-7"
     assert call.key == request_key(REQUEST, namespace="tenant-7")
 
@@ -47,13 +49,16 @@ def test_namespaces_hash_the_credential_and_never_contain_it() -> None:
     assert ns == namespace_for(secret) != namespace_for("sk-ant-other")
     engine = Engine.for_credentials(secret, ledger=False)
     assert engine.namespace == ns
-    assert secret not in engine.prepare(REQUEST).key
+    call = engine.prepare(REQUEST, credential=secret)
+    assert secret not in call.key and secret not in call.scope
+    # The key is scoped by the credential's hash: another key never finds it.
+    assert call.key != engine.prepare(REQUEST, credential="sk-ant-other").key
 
 
 def test_record_accounts_the_call() -> None:
     ledger = MemoryLedger()
     engine = Engine(namespace="n", ledger=ledger)
-    call = engine.prepare(REQUEST)
+    call = engine.prepare(REQUEST, credential=None)
     info = engine.record(
         call,
         {"usage": {"input_tokens": 1000, "cache_read_input_tokens": 9000, "output_tokens": 100}},

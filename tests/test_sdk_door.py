@@ -447,10 +447,20 @@ def test_transport_hook_tells_tenants_apart_by_the_key_on_the_wire(emu: Emulator
     assert info(client.messages.create(**ASK)).cache == "hit"
 
 
-def test_an_explicit_namespace_is_shared_on_purpose(emu: Emulator) -> None:
+def test_one_namespace_label_never_shares_answers_across_keys(emu: Emulator) -> None:
     store = MemoryStore()
     a = wrapped(emu, api_key="sk-a", store=store, namespace="team")
     b = wrapped(emu, api_key="sk-b", store=store, namespace="team")
+    a.messages.create(**ASK)
+    other = b.messages.create(**ASK)
+    assert info(other).cache == "miss" and info(other).namespace == "team"
+    assert emu.requests["messages"] == 2
+
+
+def test_sharing_across_keys_is_an_explicit_engine_opt_in(emu: Emulator) -> None:
+    engine = Engine(ledger=False, store=MemoryStore(), share_across_credentials=True)
+    a = hca.wrap(sdk(emu, api_key="sk-a"), engine=engine, namespace="team")
+    b = hca.wrap(sdk(emu, api_key="sk-b"), engine=engine, namespace="team")
     a.messages.create(**ASK)
     hit = b.messages.create(**ASK)
     assert info(hit).cache == "hit" and info(hit).namespace == "team"
@@ -616,11 +626,12 @@ def test_other_middleware_sees_the_hit_response(emu: Emulator) -> None:
 
 
 def test_platform_clients_share_the_hook(emu: Emulator) -> None:
-    """A Bedrock client answers from the cache a shared namespace filled (no AWS reachable).
+    """A Bedrock client answers from the cache a shared namespace filled (no AWS reachable),
+    when the engine was told to share across credentials.
 
     Bedrock streams AWS event-stream frames, not SSE, so its streamed calls are not cached.
     """
-    engine = Engine(ledger=False, store=MemoryStore())
+    engine = Engine(ledger=False, store=MemoryStore(), share_across_credentials=True)
     filler = hca.wrap(sdk(emu), engine=engine, namespace="shared")
     filled = filler.messages.create(**ASK)
     bedrock = hca.wrap(

@@ -81,7 +81,7 @@ def engine_for(store: Any, *, threshold: float = 0.8, **semantic: Any) -> Engine
 
 def answer(engine: Engine, emulator: Emulator, request: dict[str, Any]) -> Any:
     """One call through the engine's chain, the way a door runs it."""
-    call = engine.prepare(request)
+    call = engine.prepare(request, credential="sk-test")
     entry = engine.lookup(call)
     if entry is not None:
         return engine.hit(call, entry)[1]
@@ -381,12 +381,19 @@ def test_only_plain_user_text_is_matched_by_meaning(emulator: Emulator) -> None:
         "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
     }
     call = engine.prepare(
-        {**BASE, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]}
+        {
+            **BASE,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}],
+        },
+        credential="sk-test",
     )
     assert call.partition is None and call.text is None
-    assert engine.prepare(ask("hi")).partition is not None
+    assert engine.prepare(ask("hi"), credential="sk-test").partition is not None
     long = engine_for(MemoryStore(), max_chars=10)
-    assert long.prepare(ask("a question longer than ten characters")).partition is None
+    assert (
+        long.prepare(ask("a question longer than ten characters"), credential="sk-test").partition
+        is None
+    )
 
 
 def test_two_embedders_never_compare_vectors(emulator: Emulator) -> None:
@@ -490,10 +497,10 @@ def test_a_failing_embedder_is_a_miss_and_strict_raises(
     assert "embedder failed" in caplog.text
     strict = engine_for(MemoryStore(), embedder=broken, strict=True)
     with pytest.raises(RuntimeError, match="down"):
-        strict.lookup(strict.prepare(ask("What is the baggage allowance?")))
+        strict.lookup(strict.prepare(ask("What is the baggage allowance?"), credential="sk-test"))
     wrong_shape = engine_for(MemoryStore(), embedder=lambda texts: [[1.0, 2.0]] * 3, strict=True)
     with pytest.raises(ValueError, match="shape"):
-        wrong_shape.lookup(wrong_shape.prepare(ask("hi there")))
+        wrong_shape.lookup(wrong_shape.prepare(ask("hi there"), credential="sk-test"))
 
 
 # --------------------------------------------------------------------------- stores and processes
@@ -543,10 +550,12 @@ def test_expired_answers_are_not_served_by_meaning(emulator: Emulator) -> None:
 def test_invalidation_removes_vectors_from_the_index(emulator: Emulator) -> None:
     store = MemoryStore()
     engine = engine_for(store, threshold=0.9)
-    call = engine.prepare(ask("What is the baggage allowance?"), None)
+    call = engine.prepare(ask("What is the baggage allowance?"), None, credential="sk-test")
     from haikucache import CallOptions
 
-    tagged = engine.prepare(ask("What is the baggage allowance?"), CallOptions(tags=("faq",)))
+    tagged = engine.prepare(
+        ask("What is the baggage allowance?"), CallOptions(tags=("faq",)), credential="sk-test"
+    )
     assert tagged.key == call.key
     with Client(
         api_key="sk-test",
@@ -560,7 +569,7 @@ def test_invalidation_removes_vectors_from_the_index(emulator: Emulator) -> None
         assert engine.invalidate(tag="faq") == 1
         assert client.messages.create(**ask("the baggage allowance")).haikucache.cache == "miss"  # type: ignore[union-attr]
         # Removed behind the engine's back (e.g. by another process): never served either.
-        dog = engine.prepare(ask("Can I bring a dog on board?"))
+        dog = engine.prepare(ask("Can I bring a dog on board?"), credential="sk-test")
         assert store.delete(dog.key)
         assert (
             client.messages.create(**ask("can i bring my dog on board")).haikucache.cache == "miss"
@@ -602,7 +611,10 @@ def test_redis_engines_share_vectors_and_follow_each_other(
     assert answer(third, emulator, ask("the baggage allowance")).cache == "semantic"
 
     # Invalidated by one engine: the other, whose index still holds the vector, never serves it.
-    assert first.invalidate(key=first.prepare(ask("Is there wifi on board?")).key) == 1
+    assert (
+        first.invalidate(key=first.prepare(ask("Is there wifi on board?"), credential="sk-test").key)
+        == 1
+    )
     assert answer(second, emulator, ask("wifi on board?")).cache == "miss"
     assert emulator.requests["messages"] == 4
     info = answer(first, emulator, ask("wifi on board"))  # served second's new answer
@@ -625,7 +637,7 @@ def test_redis_expiry_also_expires_the_partition_log(
         cache_ttl=30,
         semantic=SemanticConfig(embedder=bag_of_words, threshold=0.9),
     )
-    call = engine.prepare(ask("What is the baggage allowance?"))
+    call = engine.prepare(ask("What is the baggage allowance?"), credential="sk-test")
     answer(engine, emulator, ask("What is the baggage allowance?"))
     raw = redis.Redis.from_url(redis_url)
     log = f"{prefix}pl:{call.partition}"

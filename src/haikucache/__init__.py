@@ -71,6 +71,7 @@ from ._ledger import (
     default_cache_dir,
     price_usage,
 )
+from ._pipeline import Outcome, Pipeline, Reply, StreamTap
 from ._planner import Breakpoint, Plan, Planner, PlannerPolicy, PrefixStats
 from ._semantic import (
     DEFAULT_THRESHOLD,
@@ -167,8 +168,10 @@ __all__ = [
     "MissingDependencyError",
     "ModelInfo",
     "NotFoundError",
+    "Outcome",
     "OverloadedError",
     "PermissionDeniedError",
+    "Pipeline",
     "Plan",
     "Planner",
     "PlannerPolicy",
@@ -177,12 +180,14 @@ __all__ = [
     "RateLimitError",
     "RedisBatchJournal",
     "RedisStore",
+    "Reply",
     "RequestTooLargeError",
     "RequestValidationError",
     "ResponseStore",
     "ResumeReport",
     "SemanticConfig",
     "StoreStats",
+    "StreamTap",
     "SyncPage",
     "SystemClock",
     "TokenCounts",

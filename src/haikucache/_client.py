@@ -34,10 +34,9 @@ from ._exceptions import (
     RequestValidationError,
     UsageError,
 )
+from ._pipeline import FLIGHT_LEASE, FLIGHT_WAIT, Outcome, Pipeline, Reply, StreamTap
 from ._replay import message_to_events
-from ._singleflight import AsyncLockStore, AsyncSingleFlight, Flight, LockStore, SingleFlight
 from ._sse import MessageAccumulator
-from ._store import AsyncResponseStore, CacheEntry
 from ._types import (
     ContentBlockDeltaEvent,
     DeletedMessageBatch,
@@ -84,12 +83,6 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-#: Seconds a process holds the store's lease on a key while it calls upstream. A holder that
-#: died blocks nobody for longer; a call that takes longer lets a waiter call upstream too.
-FLIGHT_LEASE = 120.0
-#: Seconds a process waits for another one's answer to the same request before it calls
-#: upstream itself.
-FLIGHT_WAIT = 30.0
 
 # ``messages=``: a list of ``{"role", "content"}`` objects (``haikucache.MessageParam`` fits).
 MessagesParam = Sequence[Mapping[str, Any]]
@@ -173,89 +166,23 @@ def _results_url(batch: MessageBatch) -> str:
 
 
 class _CallContext:
-    """What a messages call needs from its client, sync or async: engine and header facts.
-
-    It also runs single-flight: identical requests in flight at the same time make one
-    upstream call. Within the process, followers wait for the leader in memory; across
-    processes sharing the store (:class:`~haikucache.DiskStore` on one machine,
-    :class:`~haikucache.RedisStore` on many), the leader holds the store's lease on the key
-    while it calls upstream and stores the answer, and followers poll the store for it (for
-    at most ``flight_wait`` seconds, then they call upstream themselves).
-    """
+    """What a messages call needs from its client, sync or async: the pipeline, the headers
+    and the credential the request reaches upstream with. Translation only: every stage
+    runs in :class:`~haikucache.Pipeline`."""
 
     def __init__(
         self,
         engine: Engine,
         headers: Mapping[str, str],
+        credential: str | None,
         *,
         flight_lease: float = FLIGHT_LEASE,
         flight_wait: float = FLIGHT_WAIT,
     ) -> None:
         self.engine = engine
         self.headers = headers
-        store = engine.store
-        # Every haikucache store has leases; a home-made store without them coalesces
-        # within the process only.
-        leases: LockStore | None = store if _has_leases(store) else None
-        # (AsyncResponseStore is a runtime protocol: atry_lock and aunlock are checked too.)
-        aleases: AsyncLockStore | None = store if isinstance(store, AsyncResponseStore) else None
-        self.flights = SingleFlight(leases, lease=flight_lease, wait=flight_wait)
-        self.aflights = AsyncSingleFlight(aleases, lease=flight_lease, wait=flight_wait)
-        # A call that will not store its answer gives other processes nothing to find: it
-        # coalesces within the process only and takes no lease.
-        self.local_flights = SingleFlight()
-        self.alocal_flights = AsyncSingleFlight()
-
-    def coalesce(self, call: PreparedCall) -> bool:
-        """Whether concurrent twins of this call may share one upstream answer."""
-        return self.engine.store is not None and not call.options.no_cache
-
-    def fly(self, call: PreparedCall, send: Callable[[], Message]) -> Message:
-        """Make ``send`` the one upstream call of every concurrent twin of ``call``."""
-        if call.options.no_store:
-            return self._settle(call, self.local_flights.run(call.key, send))
-        return self._settle(
-            call, self.flights.run(call.key, send, check=lambda: self._stored(call))
-        )
-
-    async def afly(self, call: PreparedCall, send: Callable[[], Awaitable[Message]]) -> Message:
-        """The async twin of :meth:`fly`."""
-        if call.options.no_store:
-            return self._settle(call, await self.alocal_flights.arun(call.key, send))
-
-        async def stored() -> Message | None:
-            store = self.engine.store
-            if store is None:
-                return None
-            now = self.engine.clock.now()
-            if isinstance(store, AsyncResponseStore):
-                entry = await store.aget(call.key, now=now)
-            else:
-                entry = store.get(call.key, now=now)
-            return None if entry is None else self.hit(call, entry)
-
-        return self._settle(call, await self.aflights.arun(call.key, send, check=stored))
-
-    def _stored(self, call: PreparedCall) -> Message | None:
-        """The answer another process stored meanwhile, served as a hit; else ``None``.
-
-        Only the exact key is read: the leader stores its answer under it, and a poll must
-        stay cheap (no embedding, no semantic search).
-        """
-        store = self.engine.store
-        if store is None:
-            return None
-        entry = store.get(call.key, now=self.engine.clock.now())
-        return None if entry is None else self.hit(call, entry)
-
-    def _settle(self, call: PreparedCall, flight: Flight[Message]) -> Message:
-        # leader and fallback: this caller's own upstream answer; found: already served
-        # (and accounted) as a hit by _stored; joined: the leader's message, to copy.
-        return self.shared(call, flight.value) if flight.role == "joined" else flight.value
-
-    def shared(self, call: PreparedCall, leader: Message) -> Message:
-        """A follower's copy of the answer its concurrent twin fetched: a hit, for $0."""
-        return self.hit(call, self.engine.shared_entry(call, leader.to_dict(), leader.haikucache))
+        self.credential = credential
+        self.pipeline = Pipeline(engine, flight_lease=flight_lease, flight_wait=flight_wait)
 
     def _headers(self, extra_headers: HeaderTypes | None) -> Mapping[str, str]:
         return merge_headers(self.headers, extra_headers) if extra_headers else self.headers
@@ -266,14 +193,15 @@ class _CallContext:
         options: CallOptions,
         extra_headers: HeaderTypes | None,
     ) -> PreparedCall:
-        """Validate and key: the version and betas are those the request will carry."""
+        """Validate and key: the credential, version and betas are those the request will
+        carry (a per-call ``x-api-key`` header is another tenant)."""
         headers = self._headers(extra_headers)
-        return self.engine.prepare(
+        return self.pipeline.prepare(
             params,
             options,
+            credential=_credential_in(headers) or self.credential,
             api_version=headers.get("anthropic-version", DEFAULT_API_VERSION),
             betas=betas_from_headers(headers),
-            defer_plan=True,  # planned only if the call goes upstream: a hit costs no planning
         )
 
     def validate_count_tokens(
@@ -283,47 +211,37 @@ class _CallContext:
         version = self._headers(extra_headers).get("anthropic-version", DEFAULT_API_VERSION)
         return self.engine.validate_count_tokens(params, api_version=version)
 
-    def settle(self, call: PreparedCall, data: dict[str, Any], headers: httpx.Headers) -> Message:
-        """Wrap and account a complete message that came from upstream (not stored yet)."""
-        message = Message(data)
-        message._request_id = headers.get("request-id")
-        message.haikucache = self.engine.record(call, data)
-        return message
-
-    def store(self, call: PreparedCall, message: Message) -> None:
-        """Keep an upstream answer in the response cache (if it is complete and allowed)."""
-        assert message.haikucache is not None
-        self.engine.store_answer(call, message._data, message.haikucache)
-
-    async def astore(self, call: PreparedCall, message: Message) -> None:
-        """The async twin of :meth:`store` (the store's own coroutine API where it has one)."""
-        assert message.haikucache is not None
-        await self.engine.astore_answer(call, message._data, message.haikucache)
-
-    def finish(self, call: PreparedCall, data: dict[str, Any], headers: httpx.Headers) -> Message:
-        """Wrap, account and store a complete message that came from upstream."""
-        message = self.settle(call, data, headers)
-        self.store(call, message)
-        return message
-
-    async def afinish(
-        self, call: PreparedCall, data: dict[str, Any], headers: httpx.Headers
-    ) -> Message:
-        """The async twin of :meth:`finish`."""
-        message = self.settle(call, data, headers)
-        await self.astore(call, message)
-        return message
-
-    def hit(self, call: PreparedCall, entry: CacheEntry) -> Message:
-        """A stored answer, served locally and accounted as a hit."""
-        data, info = self.engine.hit(call, entry)
-        message = Message(data)
-        message.haikucache = info
+    @staticmethod
+    def message(outcome: Outcome[httpx.Headers]) -> Message:
+        """The caller's :class:`Message` for an outcome (from upstream or served locally)."""
+        assert outcome.message is not None
+        message = Message(outcome.message)
+        if outcome.raw is not None:
+            message._request_id = outcome.raw.get("request-id")
+        message.haikucache = outcome.info
         return message
 
 
-def _has_leases(store: object) -> bool:
-    return callable(getattr(store, "try_lock", None)) and callable(getattr(store, "unlock", None))
+def _credential_in(headers: Mapping[str, str]) -> str | None:
+    """The credential a request's own headers carry (``x-api-key`` or a bearer token)."""
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered == "x-api-key" and value:
+            return value
+        if lowered == "authorization" and value:
+            return value[7:] if value.lower().startswith("bearer ") else value
+    return None
+
+
+_S = TypeVar("_S", "MessageStream", "AsyncMessageStream")
+
+
+def _replay(outcome: Outcome[Any], stream_cls: type[_S]) -> _S:
+    """A stored (or shared) answer replayed as a stream of events."""
+    message = _CallContext.message(outcome)
+    return stream_cls(
+        _ReplayEvents(message), _StreamState(_replay_headers(message), replayed=message)
+    )
 
 
 def _replay_headers(message: Message) -> httpx.Headers:
@@ -371,52 +289,47 @@ class _ReplayEvents:
 
 
 class _StreamState:
-    """The non-I/O half of a message stream: typing events, accumulating, accounting."""
+    """The non-I/O half of a message stream: typing events, and the pipeline's tap."""
 
     def __init__(
         self,
-        context: _CallContext,
-        call: PreparedCall,
         headers: httpx.Headers,
+        tap: StreamTap | None = None,
         replayed: Message | None = None,
     ) -> None:
-        self._context = context
-        self._call = call
         self._headers = headers
+        self._tap = tap
         self._replayed = replayed  # a stored answer being replayed: already accounted
         self.accumulator = MessageAccumulator()
         self.final: Message | None = None
-        # A live answer that completed and awaits the store stage (done by the I/O twin:
-        # a sync put, or the store's coroutine API).
-        self.to_store: Message | None = None
 
     def on_event(self, data: dict[str, Any]) -> StreamEvent | None:
         # ping keeps the connection alive and means nothing to the caller (the SDK skips it).
         if data.get("type") == "ping":
             return None
         self.accumulator.feed(data)
+        if self._tap is not None:
+            self._tap.event(data)
         if self.accumulator.done and self.final is None:
             # Accounted before message_stop is handed over, so that by the time a caller's
             # loop ends, the final message and its cost are known.
             if self._replayed is not None:
                 self.final = self._replayed
             else:
-                self.final = self.to_store = self._context.settle(
-                    self._call, self.accumulator.message(), self._headers
-                )
+                self.final = Message(self.accumulator.message())
+                self.final._request_id = self._headers.get("request-id")
+                self.final.haikucache = self._tap.info if self._tap is not None else None
         return StreamEvent(data)
 
     def store(self) -> None:
         """The store stage of a completed live answer (once)."""
-        message, self.to_store = self.to_store, None
-        if message is not None:
-            self._context.store(self._call, message)
+        if self._tap is not None:
+            self._tap.store()
 
     async def astore(self) -> None:
         """The async twin of :meth:`store`."""
-        message, self.to_store = self.to_store, None
-        if message is not None:
-            await self._context.astore(self._call, message)
+        if self._tap is not None:
+            await self._tap.astore()
 
     def on_end(self) -> None:
         if self.final is None:
@@ -486,7 +399,7 @@ class MessageStream:
                     self._state.on_end()
                     raise StopIteration
                 event = self._state.on_event(data)
-                if self._state.to_store is not None:
+                if self._state.final is not None:
                     self._state.store()
             except BaseException:  # a malformed stream, or accounting failed: let go of it
                 self._events.close()
@@ -566,7 +479,7 @@ class AsyncMessageStream:
                     self._state.on_end()
                     raise StopAsyncIteration
                 event = self._state.on_event(data)
-                if self._state.to_store is not None:
+                if self._state.final is not None:
                     await self._state.astore()
             except BaseException:
                 await self._events.aclose()
@@ -1125,38 +1038,33 @@ class Messages:
         options = CallOptions.of(namespace, no_cache, no_store, ttl, tags)
 
         call = self._context.prepare(params, options, extra_headers)
-        entry = self._context.engine.lookup(call)
-        if entry is not None:
-            message = self._context.hit(call, entry)
-            if not call.stream:
-                return message
-            state = _StreamState(self._context, call, _replay_headers(message), replayed=message)
-            return MessageStream(_ReplayEvents(message), state)
+        pipeline = self._context.pipeline
         if call.stream:
+            opened = pipeline.open_stream(call)
+            if isinstance(opened, Outcome):
+                return _replay(opened, MessageStream)
             events = self._upstream.stream_sse(
                 "POST",
                 "/v1/messages",
-                json=self._context.engine.plan(call).body,
+                json=call.body,
                 params=extra_query,
                 headers=extra_headers,
                 timeout=timeout,
             )
-            return MessageStream(events, _StreamState(self._context, call, events.headers))
+            return MessageStream(events, _StreamState(events.headers, opened))
 
-        def send() -> Message:
+        def send(body: dict[str, Any]) -> Reply[httpx.Headers]:
             data, headers = self._upstream.request_json(
                 "POST",
                 "/v1/messages",
-                json=self._context.engine.plan(call).body,
+                json=body,
                 params=extra_query,
                 headers=extra_headers,
                 timeout=timeout,
             )
-            return self._context.finish(call, data, headers)
+            return Reply(data, headers)
 
-        if not self._context.coalesce(call):
-            return send()
-        return self._context.fly(call, send)
+        return self._context.message(pipeline.exchange(call, send))
 
     def stream(self, **params: Any) -> MessageStreamManager:
         """``create(..., stream=True)`` as a context manager that closes the stream on exit.
@@ -1495,38 +1403,33 @@ class AsyncMessages:
         options = CallOptions.of(namespace, no_cache, no_store, ttl, tags)
 
         call = self._context.prepare(params, options, extra_headers)
-        entry = await self._context.engine.alookup(call)
-        if entry is not None:
-            message = self._context.hit(call, entry)
-            if not call.stream:
-                return message
-            state = _StreamState(self._context, call, _replay_headers(message), replayed=message)
-            return AsyncMessageStream(_ReplayEvents(message), state)
+        pipeline = self._context.pipeline
         if call.stream:
+            opened = await pipeline.aopen_stream(call)
+            if isinstance(opened, Outcome):
+                return _replay(opened, AsyncMessageStream)
             events = await self._upstream.stream_sse(
                 "POST",
                 "/v1/messages",
-                json=self._context.engine.plan(call).body,
+                json=call.body,
                 params=extra_query,
                 headers=extra_headers,
                 timeout=timeout,
             )
-            return AsyncMessageStream(events, _StreamState(self._context, call, events.headers))
+            return AsyncMessageStream(events, _StreamState(events.headers, opened))
 
-        async def send() -> Message:
+        async def send(body: dict[str, Any]) -> Reply[httpx.Headers]:
             data, headers = await self._upstream.request_json(
                 "POST",
                 "/v1/messages",
-                json=self._context.engine.plan(call).body,
+                json=body,
                 params=extra_query,
                 headers=extra_headers,
                 timeout=timeout,
             )
-            return await self._context.afinish(call, data, headers)
+            return Reply(data, headers)
 
-        if not self._context.coalesce(call):
-            return await send()
-        return await self._context.afly(call, send)
+        return self._context.message(await pipeline.aexchange(call, send))
 
     def stream(self, **params: Any) -> AsyncMessageStreamManager:
         """``async with client.messages.stream(...) as stream``; see :meth:`Messages.stream`."""
@@ -1730,7 +1633,10 @@ class Client(_ClientBase):
             sleep=sleep,
         )
         self._sleep = sleep
-        self.messages = Messages(self._upstream, _CallContext(self._engine, self._upstream.headers))
+        self.messages = Messages(
+            self._upstream,
+            _CallContext(self._engine, self._upstream.headers, api_key or auth_token),
+        )
 
     @property
     def http_client(self) -> httpx.Client:
@@ -1807,7 +1713,8 @@ class AsyncClient(_ClientBase):
         )
         self._sleep = sleep
         self.messages = AsyncMessages(
-            self._upstream, _CallContext(self._engine, self._upstream.headers)
+            self._upstream,
+            _CallContext(self._engine, self._upstream.headers, api_key or auth_token),
         )
 
     @property

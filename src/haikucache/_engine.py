@@ -1,13 +1,14 @@
-"""The engine: one pipeline behind every door.
+"""The engine: the stages every door shares, and the state behind them.
 
-A door (the client, the SDK middleware, the LangChain and LlamaIndex adapters, the decorator,
-the proxy) turns its input into a Messages request and calls the stages in order::
+It owns the planner, the response store, the semantic index and the ledger, and exposes each
+stage as a method. It does not sequence them: :class:`haikucache.Pipeline` does, once, for
+every door::
 
-    call = engine.prepare(params, options)     # 1 validate, 2 key, 4 plan
-    entry = engine.lookup(call)                # 3 lookup: exact, then (opt-in) by meaning
-                                               #   → engine.hit(call, entry)
-    ...the door sends call.body upstream...    # 5 route, 6 upstream: the door's own I/O
-    info = engine.record(call, message)        # 7 account (and teach the planner), 8 store
+    call = engine.prepare(params, options, credential=...)   # 1 validate, 2 key
+    engine.lookup(call) → engine.hit(call, entry)            # 3 lookup: exact, then by meaning
+    engine.plan(call)                                        # 4 plan (only on the way upstream)
+    engine.record(call, message)                             # 7 account (and teach the planner)
+    engine.store_answer(call, message, info)                 # 8 store
 
 The engine itself does no network I/O, so the sync and async doors share it unchanged.
 """
@@ -112,7 +113,9 @@ class PreparedCall:
         model: the requested model id.
         stream: whether the caller asked for an SSE stream.
         options: the per-call options.
-        namespace: the namespace the call is accounted and keyed under.
+        namespace: the namespace (tenant label) the call is accounted and keyed under.
+        scope: the hash of the credential the call reaches upstream with, part of the key
+            (empty: no credential, or sharing across credentials was asked for).
         api_version: the ``anthropic-version`` it will be sent with.
         betas: ``anthropic-beta`` values (part of the key).
         plan: the prompt-cache plan that placed ``body``'s breakpoints.
@@ -127,6 +130,7 @@ class PreparedCall:
     stream: bool
     options: CallOptions
     namespace: str
+    scope: str = ""
     api_version: str = API_VERSIONS[0]
     betas: tuple[str, ...] = ()
     plan: Plan | None = None
@@ -242,6 +246,11 @@ class Engine:
             (``None``: until evicted or invalidated).
         semantic: turn on semantic lookup (needs a ``store``): a :class:`SemanticConfig`
             naming the embedder, threshold and guards. Off by default.
+        share_across_credentials: let calls made with different API keys share stored
+            answers. Off by default: every key is scoped by a hash of the credential that
+            reaches upstream, so one engine or store shared by many keys never serves one
+            key's answer to another. Turn it on only when every key belongs to the same
+            organisation and sees the same data.
     """
 
     def __init__(
@@ -255,6 +264,7 @@ class Engine:
         store: ResponseStore | str | None = None,
         cache_ttl: float | None = None,
         semantic: SemanticConfig | None = None,
+        share_across_credentials: bool = False,
     ) -> None:
         if not isinstance(namespace, str) or not namespace:
             raise ConfigurationError("namespace must be a non-empty string")
@@ -298,6 +308,9 @@ class Engine:
             raise ConfigurationError("semantic lookup needs a response store (store=...)")
         self.semantic = semantic
         self._semantic_index = SemanticIndex(semantic) if semantic is not None else None
+        if not isinstance(share_across_credentials, bool):
+            raise ConfigurationError("share_across_credentials must be True or False")
+        self.share_across_credentials = share_across_credentials
 
     @classmethod
     def for_credentials(cls, credential: str | None, **kwargs: Any) -> Engine:
@@ -322,6 +335,7 @@ class Engine:
         params: Mapping[str, Any],
         options: CallOptions | None = None,
         *,
+        credential: str | None,
         api_version: str = API_VERSIONS[0],
         betas: Sequence[str] = (),
         defer_plan: bool = False,
@@ -329,9 +343,13 @@ class Engine:
         """Validate, key and plan a Messages request.
 
         The key is computed on the caller's request (markers never change a key); the body to
-        send carries the planner's breakpoints.
+        send carries the planner's breakpoints. Doors do not call this directly: they go
+        through :class:`haikucache.Pipeline`, which runs every stage.
 
         Args:
+            credential: the API key or token the request will reach upstream with (``None``
+                when it carries none). Its hash scopes the key and the semantic partition
+                (see :meth:`scope_for`), so answers never cross credentials.
             defer_plan: leave the planning to :meth:`plan`, which the door calls only when the
                 request goes upstream: a response-cache hit then costs no planning (and
                 teaches the planner nothing, since no prefix reached the API). Until then
@@ -356,13 +374,17 @@ class Engine:
         body = {k: v for k, v in params.items() if v is not None}
         validate_request(body, api_version=api_version)
         namespace = options.namespace or self.namespace
-        key = request_key(body, namespace=namespace, betas=betas)
+        scope = self.scope_for(credential)
+        # The tenant label stays readable (ledger, invalidation); the key space is the label
+        # *and* the credential's hash, so two keys under one label never meet.
+        key_space = f"{namespace}\x00{scope}" if scope else namespace
+        key = request_key(body, namespace=key_space, betas=betas)
         plan = None if defer_plan else self.planner.plan(body)
         partition = text = None
         if self.semantic is not None:
             text = last_user_text(body)
             if text is not None and text.strip() and len(text) <= self.semantic.max_chars:
-                base = partition_key(body, namespace=namespace, betas=betas)
+                base = partition_key(body, namespace=key_space, betas=betas)
                 # The embedder is part of the partition: vectors of two models never meet.
                 partition = None if base is None else f"{base}:{self.semantic.model_tag}"
             if partition is None:
@@ -374,12 +396,23 @@ class Engine:
             stream=bool(body.get("stream", False)),
             options=options,
             namespace=namespace,
+            scope=scope,
             api_version=api_version,
             betas=tuple(betas),
             plan=plan,
             partition=partition,
             text=text,
         )
+
+    def scope_for(self, credential: str | None) -> str:
+        """The key scope of calls made with ``credential``: a hash, never the secret.
+
+        Empty (shared) when there is no credential, or when the engine was built with
+        ``share_across_credentials=True``.
+        """
+        if self.share_across_credentials or not credential:
+            return ""
+        return namespace_for(credential)
 
     def plan(self, call: PreparedCall) -> PreparedCall:
         """Place the prompt-cache breakpoints of a call prepared with ``defer_plan=True``.

@@ -1,12 +1,11 @@
 """The SDK door's core: what the ``anthropic`` middleware and the transport fallback share.
 
-Both hooks see one HTTP exchange at a time and run the engine's chain on it::
+Both hooks see one HTTP exchange at a time and hand it to the pipeline::
 
-    call  = door.prepare(body, headers, credential)  # options from haikucache-* headers
-    entry = engine.lookup(call)   → door.hit(call, entry)       JSON or SSE bytes, $0
-    ...the hook sends call.body upstream (identical JSON calls in flight: door.flights)...
-    door.finish_json(call, body)  → record (ledger, planner) and store
-    tee_sync / tee_async          a streamed miss passes through live; SSETee follows it
+    call    = door.prepare(body, headers, credential)   # options from haikucache-* headers
+    outcome = door.pipeline.exchange(call, send)        # send: the hook's own I/O
+    outcome.raw (a miss: the upstream response) or door.render(outcome) (JSON or SSE, $0)
+    door.pipeline.open_stream(call) → a hit to render, or a StreamTap that SSETee feeds
 
 Nothing here imports ``anthropic``: the same code serves the SDK on ``httpx`` (0.x) and on
 ``httpx2`` (>= 1), picked by :func:`http_library`. Per-call controls travel as request
@@ -30,10 +29,8 @@ from typing import Any
 
 from ._engine import CallInfo, CallOptions, Engine, PreparedCall, namespace_for
 from ._exceptions import ConfigurationError
+from ._pipeline import Outcome, Pipeline, Reply, StreamTap
 from ._replay import message_to_sse
-from ._singleflight import AsyncSingleFlight, SingleFlight
-from ._sse import MessageAccumulator, SSEDecoder
-from ._store import CacheEntry
 from ._upstream import DEFAULT_API_VERSION, betas_from_headers
 
 __all__ = [
@@ -337,23 +334,29 @@ def passthrough_headers(headers: Any, extra: Mapping[str, str]) -> list[tuple[st
 
 
 class Door:
-    """The engine's chain for one hook (the SDK middleware or the transport).
+    """What the SDK's two hooks (the middleware and the transport) share: translation
+    between HTTP exchanges and the :class:`~haikucache.Pipeline`, which runs every stage.
 
     Args:
         engine: the engine every call goes through.
-        namespace: the tenant of every call, given explicitly by the user. Without it, each
-            call's tenant is a hash of the credential it is made with, so two keys never
-            share answers (a copy of a client with another key is another tenant).
+        namespace: the tenant label of every call, given explicitly by the user.
+        label_by_credential: without ``namespace``, label each call with a hash of the
+            credential it is made with (the engine ``wrap()`` builds for itself: a copy of
+            a client with another key is accounted as another tenant); otherwise calls
+            carry the engine's own namespace, as at every other door. Either way the
+            pipeline scopes every key by the credential's hash, so two keys never share
+            answers unless the engine was built with ``share_across_credentials=True``.
     """
 
-    def __init__(self, engine: Engine, *, namespace: str | None = None) -> None:
+    def __init__(
+        self, engine: Engine, *, namespace: str | None = None, label_by_credential: bool = False
+    ) -> None:
         if namespace is not None and (not isinstance(namespace, str) or not namespace):
             raise ConfigurationError("namespace must be a non-empty string")
         self.engine = engine
+        self.pipeline = Pipeline(engine)
         self._namespace = namespace
-        # Identical JSON calls in flight at once make one upstream call (response cache on).
-        self.flights = SingleFlight()
-        self.aflights = AsyncSingleFlight()
+        self._label_by_credential = label_by_credential
         # The SDK runs its hooks once per attempt; a retry reuses its first attempt's call.
         self._attempts: OrderedDict[str, PreparedCall] = OrderedDict()
         self._attempts_lock = threading.Lock()
@@ -380,81 +383,58 @@ class Door:
                 self._attempts.popitem(last=False)
         return call
 
-    def coalesce(self, call: PreparedCall) -> bool:
-        """Whether concurrent twins of this call may share one upstream answer.
-
-        Streams are not coalesced: each caller reads its own live stream.
-        """
-        return self.engine.store is not None and not call.options.no_cache and not call.stream
-
-    def shared(
-        self, call: PreparedCall, message: Mapping[str, Any], leader: CallInfo
-    ) -> tuple[bytes, dict[str, str], CallInfo]:
-        """A follower's copy of the answer its concurrent twin fetched: a hit, for $0."""
-        return self.hit(call, self.engine.shared_entry(call, message, leader))
-
-    def namespace(self, credential: str | None) -> str:
-        """The tenant of a call made with ``credential`` (a hash, never the key itself)."""
-        return self._namespace if self._namespace is not None else namespace_for(credential)
+    def namespace(self, credential: str | None) -> str | None:
+        """The tenant label of a call made with ``credential`` (``None``: the engine's)."""
+        if self._namespace is not None:
+            return self._namespace
+        return namespace_for(credential) if self._label_by_credential else None
 
     def prepare(
         self, body: Mapping[str, Any], headers: Mapping[str, str], credential: str | None
     ) -> PreparedCall:
-        """Validate, key and plan; ``headers`` lower-cased (options, version and betas).
+        """Validate and key; ``headers`` lower-cased (options, version and betas).
 
         Raises:
             RequestValidationError: the API would reject the request (nothing was sent).
             ConfigurationError: a ``haikucache-*`` header is malformed.
         """
         options = options_from_headers(headers)
-        if options.namespace is None:
-            options = replace(options, namespace=self.namespace(credential))
-        return self.engine.prepare(
+        if options.namespace is None and (label := self.namespace(credential)) is not None:
+            options = replace(options, namespace=label)
+        return self.pipeline.prepare(
             body,
             options,
+            credential=credential,
             api_version=headers.get("anthropic-version", DEFAULT_API_VERSION),
             betas=betas_from_headers(headers),
         )
 
-    def hit(self, call: PreparedCall, entry: CacheEntry) -> tuple[bytes, dict[str, str], CallInfo]:
-        """A stored answer as an HTTP body and headers (SSE when the call streams)."""
-        message, info = self.engine.hit(call, entry)
+    @staticmethod
+    def reply(response: Any, content: bytes) -> Reply[Any]:
+        """An upstream reply for the pipeline: a message when ``content`` is one."""
+        return Reply(_decode_message(content), response)
+
+    @staticmethod
+    def render(outcome: Outcome[Any]) -> tuple[bytes, dict[str, str], CallInfo]:
+        """An answer served locally as an HTTP body and headers (SSE when the call streams)."""
+        message, info = outcome.message, outcome.info
+        assert message is not None
+        assert info is not None
         REGISTRY.add_message(message.get("id"), info)
         headers = info_headers(info)
-        if call.stream:
+        if outcome.call.stream:
             headers["content-type"] = "text/event-stream; charset=utf-8"
             headers["cache-control"] = "no-cache"
             return b"".join(message_to_sse(message)), headers, info
         headers["content-type"] = "application/json"
         return json.dumps(message, ensure_ascii=False).encode(), headers, info
 
-    def finish(self, call: PreparedCall, message: dict[str, Any]) -> CallInfo:
-        """Account a complete answer that came from upstream (the caller then stores it)."""
-        info = self.engine.record(call, message)
-        REGISTRY.add_message(message.get("id"), info)
-        return info
-
-    def finish_json(
-        self, call: PreparedCall, content: bytes
-    ) -> tuple[dict[str, Any], CallInfo] | None:
-        """Account and store a JSON answer; ``None`` if it is not a message (left alone)."""
-        message = _decode_message(content)
-        if message is None:
-            return None
-        info = self.finish(call, message)
-        self.engine.store_answer(call, message, info)
-        return message, info
-
-    async def afinish_json(
-        self, call: PreparedCall, content: bytes
-    ) -> tuple[dict[str, Any], CallInfo] | None:
-        """The async twin of :meth:`finish_json` (stores through an async store)."""
-        message = _decode_message(content)
-        if message is None:
-            return None
-        info = self.finish(call, message)
-        await self.engine.astore_answer(call, message, info)
-        return message, info
+    @staticmethod
+    def kept(outcome: Outcome[Any]) -> CallInfo | None:
+        """Register an upstream answer's accounting (for :func:`lookup_info`)."""
+        if outcome.message is not None and outcome.info is not None:
+            REGISTRY.add_message(outcome.message.get("id"), outcome.info)
+        return outcome.info
 
 
 def _decode_message(content: bytes) -> dict[str, Any] | None:
@@ -467,51 +447,21 @@ def _decode_message(content: bytes) -> dict[str, Any] | None:
 
 
 class SSETee:
-    """Watches a live SSE stream pass by and accounts the message once it is complete.
+    """The pipeline's :class:`~haikucache.StreamTap` on a live SSE response, with the box
+    the response's :func:`lookup_info` reads once the answer is complete."""
 
-    Never raises into the stream: a stream haikucache cannot follow is passed through
-    untouched (and not stored). An ``error`` event, or a stream that stops before
-    ``message_stop``, stores nothing.
-    """
-
-    def __init__(self, door: Door, call: PreparedCall, box: _Box) -> None:
-        self._door = door
-        self._call = call
+    def __init__(self, tap: StreamTap, box: _Box) -> None:
+        self.tap = tap
         self._box = box
-        self._decoder = SSEDecoder()
-        self._accumulator = MessageAccumulator()
-        self._failed = False
-        self.message: dict[str, Any] | None = None
 
-    def feed(self, chunk: bytes) -> dict[str, Any] | None:
-        """Follow one chunk; returns the message (once) when this chunk completed it."""
-        if self._failed or self.message is not None:
-            return None
-        try:
-            for sse in self._decoder.feed(chunk):
-                if self._event(sse.event, sse.data):
-                    return self.message
-        except Exception:
-            self._failed = True
-            log.warning("haikucache: could not follow a streamed answer; not cached", exc_info=True)
-        return None
-
-    def _event(self, name: str | None, payload: str) -> bool:
-        if not payload:
+    def feed(self, chunk: bytes) -> bool:
+        """Follow one chunk; ``True`` (once) when this chunk completed the answer."""
+        info = self.tap.feed(chunk)
+        if info is None:
             return False
-        data = json.loads(payload)
-        kind = data.get("type") if isinstance(data, dict) else None
-        if name == "error" or kind == "error":
-            self._failed = True
-            return False
-        if kind == "ping" or not isinstance(data, dict):
-            return False
-        self._accumulator.feed(data)
-        if not self._accumulator.done:
-            return False
-        message = self._accumulator.message()
-        self._box.info = self._door.finish(self._call, message)
-        self.message = message
+        self._box.info = info
+        if self.tap.message is not None:
+            REGISTRY.add_message(self.tap.message.get("id"), info)
         return True
 
     @property
@@ -520,44 +470,38 @@ class SSETee:
         return self._box.info
 
 
-def tee_sync(
-    lib: ModuleType, response: Any, request: Any, tee: SSETee, door: Door, call: PreparedCall
-) -> Any:
+def tee_sync(lib: ModuleType, response: Any, request: Any, tee: SSETee) -> Any:
     """A ``lib.Response`` that streams ``response``'s decoded body while ``tee`` follows it."""
     sync_stream, _ = byte_stream_classes(lib)
 
     def chunks() -> Iterator[bytes]:
         for chunk in response.iter_bytes():
-            message = tee.feed(chunk)
-            if message is not None and tee.info is not None:
-                door.engine.store_answer(call, message, tee.info)
+            if tee.feed(chunk):
+                tee.tap.store()
             yield chunk
 
     return lib.Response(
         response.status_code,
-        headers=passthrough_headers(response.headers, _streaming_headers(call)),
+        headers=passthrough_headers(response.headers, _streaming_headers(tee.tap.call)),
         stream=sync_stream(chunks(), response.close),
         request=request,
         extensions=response.extensions,
     )
 
 
-def tee_async(
-    lib: ModuleType, response: Any, request: Any, tee: SSETee, door: Door, call: PreparedCall
-) -> Any:
+def tee_async(lib: ModuleType, response: Any, request: Any, tee: SSETee) -> Any:
     """The async twin of :func:`tee_sync`."""
     _, async_stream = byte_stream_classes(lib)
 
     async def chunks() -> AsyncIterator[bytes]:
         async for chunk in response.aiter_bytes():
-            message = tee.feed(chunk)
-            if message is not None and tee.info is not None:
-                await door.engine.astore_answer(call, message, tee.info)
+            if tee.feed(chunk):
+                await tee.tap.astore()
             yield chunk
 
     return lib.Response(
         response.status_code,
-        headers=passthrough_headers(response.headers, _streaming_headers(call)),
+        headers=passthrough_headers(response.headers, _streaming_headers(tee.tap.call)),
         stream=async_stream(chunks(), response.aclose),
         request=request,
         extensions=response.extensions,

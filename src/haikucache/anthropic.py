@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
-from ._engine import CallInfo, Engine
+from ._engine import CallInfo, Engine, PreparedCall
 from ._exceptions import (
     ConfigurationError,
     MissingDependencyError,
@@ -42,6 +42,7 @@ from ._exceptions import (
     UsageError,
 )
 from ._ledger import Ledger
+from ._pipeline import Outcome, Reply, StreamTap
 from ._planner import Planner, PlannerPolicy
 from ._sdk_door import (
     CACHE_HEADER,
@@ -250,92 +251,74 @@ class HaikuMiddleware(_MiddlewareBase):  # type: ignore[misc]
         REGISTRY.add_response(raw, _Box(call_info))
         return self._response(request, raw, cls)
 
-    def _tee(self, request: Any, call: Any, response: Any, tee: Any) -> Any:
+    def _tee(self, request: Any, tap: StreamTap, response: Any, tee: Any) -> Any:
         box = _Box()
         raw = response.http_response
-        teed = tee(_library(), raw, raw.request, SSETee(self._door, call, box), self._door, call)
+        teed = tee(_library(), raw, raw.request, SSETee(tap, box))
         REGISTRY.add_response(teed, box)
         return self._response(request, teed, type(response))
 
-    def _keep(self, response: Any, answer: Any) -> Any:
-        if answer is not None:
-            response.http_response.headers.update(info_headers(answer[1]))
-            REGISTRY.add_response(response.http_response, _Box(answer[1]))
-        return answer
+    def _answer(self, request: Any, outcome: Outcome[Any], cls: Any) -> Any:
+        """The SDK response for an outcome: upstream's own for a miss, rendered otherwise."""
+        if outcome.raw is None:
+            return self._local(request, Door.render(outcome), cls)
+        info = Door.kept(outcome)
+        if info is not None:
+            outcome.raw.http_response.headers.update(info_headers(info))
+            REGISTRY.add_response(outcome.raw.http_response, _Box(info))
+        return outcome.raw
 
     # -- sync -----------------------------------------------------------------------------
-
-    def _send(self, request: Any, call: Any, call_next: Any) -> tuple[Any, Any]:
-        response = call_next(self._upstream_request(request, call))
-        if not response.http_response.is_success:
-            return response, None  # the SDK raises its own error for it
-        response.http_response.read()
-        return response, self._keep(
-            response, self._door.finish_json(call, response.http_response.content)
-        )
 
     def handle(self, request: Any, call_next: Any) -> Any:
         """Serve ``POST /v1/messages`` from the cache, or send the planned body and keep it."""
         if not is_messages_call(request.method, request.url):
             return call_next(request)
         call = self._prepare(request)
-        if call.stream and not self._sse:
-            return call_next(self._upstream_request(request, call))
-        entry = self._door.engine.lookup(call)
-        if entry is not None:
-            return self._local(request, self._door.hit(call, entry), _anthropic.APIResponse)
+        pipeline = self._door.pipeline
         if call.stream:
+            # Bedrock streams AWS event-stream frames: planned and sent, never replayed.
+            opened = pipeline.open_stream(call, looked_up=not self._sse)
+            if isinstance(opened, Outcome):
+                return self._answer(request, opened, _anthropic.APIResponse)
+            response = call_next(self._upstream_request(request, call))
+            if not self._sse or not response.http_response.is_success:
+                return response
+            return self._tee(request, opened, response, tee_sync)
+
+        def send(body: dict[str, Any]) -> Reply[Any]:
             response = call_next(self._upstream_request(request, call))
             if not response.http_response.is_success:
-                return response
-            return self._tee(request, call, response, tee_sync)
-        if not self._door.coalesce(call):
-            return self._send(request, call, call_next)[0]
-        flight = self._door.flights.run(call.key, lambda: self._send(request, call, call_next))
-        response, answer = flight.value
-        if not flight.shared:
-            return response
-        if answer is None:  # the twin got an error: make this caller's own attempt
-            return self._send(request, call, call_next)[0]
-        return self._local(request, self._door.shared(call, *answer), _anthropic.APIResponse)
+                return Reply(None, response)  # the SDK raises its own error for it
+            return Door.reply(response, response.http_response.read())
+
+        return self._answer(request, pipeline.exchange(call, send), _anthropic.APIResponse)
 
     # -- async ----------------------------------------------------------------------------
-
-    async def _asend(self, request: Any, call: Any, call_next: Any) -> tuple[Any, Any]:
-        response = await call_next(self._upstream_request(request, call))
-        if not response.http_response.is_success:
-            return response, None
-        await response.http_response.aread()
-        return response, self._keep(
-            response, await self._door.afinish_json(call, response.http_response.content)
-        )
 
     async def handle_async(self, request: Any, call_next: Any) -> Any:
         """The async twin of :meth:`handle`."""
         if not is_messages_call(request.method, request.url):
             return await call_next(request)
         call = self._prepare(request)
-        if call.stream and not self._sse:
-            return await call_next(self._upstream_request(request, call))
-        entry = await self._door.engine.alookup(call)
-        if entry is not None:
-            return self._local(request, self._door.hit(call, entry), _anthropic.AsyncAPIResponse)
+        pipeline = self._door.pipeline
         if call.stream:
+            opened = await pipeline.aopen_stream(call, looked_up=not self._sse)
+            if isinstance(opened, Outcome):
+                return self._answer(request, opened, _anthropic.AsyncAPIResponse)
+            response = await call_next(self._upstream_request(request, call))
+            if not self._sse or not response.http_response.is_success:
+                return response
+            return self._tee(request, opened, response, tee_async)
+
+        async def send(body: dict[str, Any]) -> Reply[Any]:
             response = await call_next(self._upstream_request(request, call))
             if not response.http_response.is_success:
-                return response
-            return self._tee(request, call, response, tee_async)
-        if not self._door.coalesce(call):
-            return (await self._asend(request, call, call_next))[0]
-        flight = await self._door.aflights.arun(
-            call.key, lambda: self._asend(request, call, call_next)
-        )
-        response, answer = flight.value
-        if not flight.shared:
-            return response
-        if answer is None:
-            return (await self._asend(request, call, call_next))[0]
-        return self._local(request, self._door.shared(call, *answer), _anthropic.AsyncAPIResponse)
+                return Reply(None, response)
+            return Door.reply(response, await response.http_response.aread())
+
+        outcome = await pipeline.aexchange(call, send)
+        return self._answer(request, outcome, _anthropic.AsyncAPIResponse)
 
     def __repr__(self) -> str:
         return f"HaikuMiddleware(engine={self._door.engine!r})"
@@ -355,45 +338,61 @@ def _transport_classes(lib: ModuleType) -> tuple[type, type]:
         auth = headers.get("authorization", "")
         return auth[7:] if auth.lower().startswith("bearer ") else (auth or None)
 
-    def begin(door: Door, request: Any) -> tuple[Any, Any]:
+    def begin(door: Door, request: Any) -> PreparedCall:
         headers = clean_headers(dict(request.headers))
         try:
             body = json.loads(request.content or b"{}")
         except ValueError:
             body = None
         try:
-            call = door.prepare(body, headers, credential(headers))
+            return door.prepare(body, headers, credential(headers))
         except UsageError as exc:
             raise SDKRequestValidationError(exc, request) from exc
+
+    def upstream_request(request: Any, call: PreparedCall) -> Any:
+        """The request as it goes upstream: the planned body, no ``haikucache-*`` header."""
         upstream_headers = [
             (k, v)
             for k, v in request.headers.items()
             if not k.lower().startswith("haikucache-") and k.lower() != "content-length"
         ]
-        upstream = lib.Request(
+        return lib.Request(
             request.method,
             request.url,
             headers=upstream_headers,
             content=json.dumps(call.body, ensure_ascii=False).encode(),
             extensions=request.extensions,
         )
-        return call, upstream
 
-    def local(request: Any, answer: tuple[bytes, dict[str, str], CallInfo]) -> Any:
-        content, headers, call_info = answer
-        raw = lib.Response(200, headers=headers, content=content, request=request)
-        REGISTRY.add_response(raw, _Box(call_info))
-        return raw
-
-    def kept(request: Any, response: Any, content: bytes, answer: Any) -> Any:
+    def answer(request: Any, outcome: Outcome[Any]) -> Any:
+        """The response for an outcome: upstream's own (decoded) for a miss, else rendered."""
+        if outcome.raw is None:
+            content, headers, call_info = Door.render(outcome)
+            raw = lib.Response(200, headers=headers, content=content, request=request)
+            REGISTRY.add_response(raw, _Box(call_info))
+            return raw
+        response, content = outcome.raw
+        info = Door.kept(outcome)
+        if info is None:
+            if content is None:
+                return response
+            headers = passthrough_headers(response.headers, {})
+        else:
+            headers = passthrough_headers(response.headers, info_headers(info))
         out = lib.Response(
             response.status_code,
-            headers=passthrough_headers(response.headers, info_headers(answer[1])),
+            headers=headers,
             content=content,
             request=request,
             extensions=response.extensions,
         )
-        REGISTRY.add_response(out, _Box(answer[1]))
+        REGISTRY.add_response(out, _Box(info))
+        return out
+
+    def teed(request: Any, response: Any, tap: StreamTap, tee: Any) -> Any:
+        box = _Box()
+        out = tee(lib, response, request, SSETee(tap, box))
+        REGISTRY.add_response(out, box)
         return out
 
     class SyncTransport(sync_base):  # type: ignore[misc]
@@ -401,44 +400,30 @@ def _transport_classes(lib: ModuleType) -> tuple[type, type]:
             self.door = door
             self.inner = inner
 
-        def _send(self, request: Any, upstream: Any, call: Any) -> tuple[Any, Any]:
-            response = self.inner.handle_request(upstream)
-            if not 200 <= response.status_code < 300:
-                return response, None
-            content = response.read()
-            response.close()
-            answer = self.door.finish_json(call, content)
-            if answer is None:
-                return response, None
-            return kept(request, response, content, answer), answer
-
         def handle_request(self, request: Any) -> Any:
             if not is_messages_call(request.method, request.url.path):
                 return self.inner.handle_request(request)
             request.read()
-            call, upstream = begin(self.door, request)
-            entry = self.door.engine.lookup(call)
-            if entry is not None:
-                return local(request, self.door.hit(call, entry))
+            call = begin(self.door, request)
+            pipeline = self.door.pipeline
             if call.stream:
-                response = self.inner.handle_request(upstream)
+                opened = pipeline.open_stream(call)
+                if isinstance(opened, Outcome):
+                    return answer(request, opened)
+                response = self.inner.handle_request(upstream_request(request, call))
                 if not 200 <= response.status_code < 300:
                     return response
-                box = _Box()
-                teed = tee_sync(
-                    lib, response, request, SSETee(self.door, call, box), self.door, call
-                )
-                REGISTRY.add_response(teed, box)
-                return teed
-            if not self.door.coalesce(call):
-                return self._send(request, upstream, call)[0]
-            flight = self.door.flights.run(call.key, lambda: self._send(request, upstream, call))
-            response, answer = flight.value
-            if not flight.shared:
-                return response
-            if answer is None:
-                return self._send(request, upstream, call)[0]
-            return local(request, self.door.shared(call, *answer))
+                return teed(request, response, opened, tee_sync)
+
+            def send(body: dict[str, Any]) -> Reply[Any]:
+                response = self.inner.handle_request(upstream_request(request, call))
+                if not 200 <= response.status_code < 300:
+                    return Reply(None, (response, None))
+                content = response.read()
+                response.close()
+                return Reply(Door.reply(response, content).message, (response, content))
+
+            return answer(request, pipeline.exchange(call, send))
 
         def close(self) -> None:
             self.inner.close()
@@ -448,46 +433,30 @@ def _transport_classes(lib: ModuleType) -> tuple[type, type]:
             self.door = door
             self.inner = inner
 
-        async def _send(self, request: Any, upstream: Any, call: Any) -> tuple[Any, Any]:
-            response = await self.inner.handle_async_request(upstream)
-            if not 200 <= response.status_code < 300:
-                return response, None
-            content = await response.aread()
-            await response.aclose()
-            answer = await self.door.afinish_json(call, content)
-            if answer is None:
-                return response, None
-            return kept(request, response, content, answer), answer
-
         async def handle_async_request(self, request: Any) -> Any:
             if not is_messages_call(request.method, request.url.path):
                 return await self.inner.handle_async_request(request)
             await request.aread()
-            call, upstream = begin(self.door, request)
-            entry = await self.door.engine.alookup(call)
-            if entry is not None:
-                return local(request, self.door.hit(call, entry))
+            call = begin(self.door, request)
+            pipeline = self.door.pipeline
             if call.stream:
-                response = await self.inner.handle_async_request(upstream)
+                opened = await pipeline.aopen_stream(call)
+                if isinstance(opened, Outcome):
+                    return answer(request, opened)
+                response = await self.inner.handle_async_request(upstream_request(request, call))
                 if not 200 <= response.status_code < 300:
                     return response
-                box = _Box()
-                teed = tee_async(
-                    lib, response, request, SSETee(self.door, call, box), self.door, call
-                )
-                REGISTRY.add_response(teed, box)
-                return teed
-            if not self.door.coalesce(call):
-                return (await self._send(request, upstream, call))[0]
-            flight = await self.door.aflights.arun(
-                call.key, lambda: self._send(request, upstream, call)
-            )
-            response, answer = flight.value
-            if not flight.shared:
-                return response
-            if answer is None:
-                return (await self._send(request, upstream, call))[0]
-            return local(request, self.door.shared(call, *answer))
+                return teed(request, response, opened, tee_async)
+
+            async def send(body: dict[str, Any]) -> Reply[Any]:
+                response = await self.inner.handle_async_request(upstream_request(request, call))
+                if not 200 <= response.status_code < 300:
+                    return Reply(None, (response, None))
+                content = await response.aread()
+                await response.aclose()
+                return Reply(Door.reply(response, content).message, (response, content))
+
+            return answer(request, await pipeline.aexchange(call, send))
 
         async def aclose(self) -> None:
             await self.inner.aclose()
@@ -629,7 +598,7 @@ def wrap(
             planner=planner if planner is not None else "adaptive",
             cache_ttl=cache_ttl,
         )
-        door = Door(built, namespace=namespace)
+        door = Door(built, namespace=namespace, label_by_credential=True)
 
     use_middleware = hook == "middleware" or (hook == "auto" and _HAS_MIDDLEWARE)
     if use_middleware:

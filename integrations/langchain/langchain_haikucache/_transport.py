@@ -1,4 +1,4 @@
-"""The HTTP door: an ``httpx``/``httpx2`` transport that runs ``POST /v1/messages`` through the engine.
+"""The HTTP door: an ``httpx``/``httpx2`` transport that runs ``POST /v1/messages`` through the pipeline.
 
 ``ChatAnthropic`` talks to the API through the official SDK, and the SDK through an HTTP
 client. This module hooks in at the bottom of that stack, where the contract is plain HTTP
@@ -6,13 +6,14 @@ and has not changed across SDK majors: a transport wrapping the SDK's own transp
 
     SDK request ─▶ HaikuTransport.handle_request
                       POST /v1/messages?  no ─▶ inner transport (count_tokens, batches, …)
-                      engine.prepare      (validate, key, plan breakpoints)
-                      engine.lookup       hit ─▶ the stored answer as JSON, or replayed as SSE
-                      inner transport     (the planned body)
-                      engine.record       (ledger) + engine.store_answer (complete answers)
+                      pipeline.prepare    (validate, key scoped by the request's credential)
+                      pipeline.exchange   hit ─▶ the stored answer as JSON, or replayed as SSE
+                                          miss ─▶ send: the inner transport (planned body)
+                                          then account and store (complete answers)
 
-Errors from upstream are passed through untouched, so the SDK raises its usual exceptions and
-applies its usual retries (every attempt runs the stages again; only a success is recorded).
+This module only translates between httpx and :class:`haikucache.Pipeline`, which runs every
+stage. Errors from upstream are passed through untouched, so the SDK raises its usual
+exceptions and applies its usual retries (only a success is recorded).
 Streams are teed: each byte is handed on as it arrives, and the message accumulated from the
 events is recorded and stored when ``message_stop`` passes.
 
@@ -34,9 +35,17 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from haikucache import CallInfo, CallOptions, Engine, RequestValidationError
+from haikucache import (
+    CallInfo,
+    CallOptions,
+    Engine,
+    Outcome,
+    Pipeline,
+    Reply,
+    RequestValidationError,
+    StreamTap,
+)
 from haikucache._replay import message_to_sse
-from haikucache._sse import MessageAccumulator, SSEDecoder
 
 __all__ = ["CallSlot", "current_slot", "transport_classes", "use_slot"]
 
@@ -100,16 +109,17 @@ def _betas(headers: Mapping[str, str]) -> tuple[str, ...]:
 
 
 class _Door:
-    """The I/O-free half shared by the sync and async transports of one HTTP module."""
+    """The I/O-free half shared by the sync and async transports of one HTTP module:
+    translation between httpx exchanges and the :class:`~haikucache.Pipeline`."""
 
-    def __init__(self, mod: ModuleType, engine: Engine) -> None:
+    def __init__(self, mod: ModuleType, pipeline: Pipeline) -> None:
         self.mod = mod
-        self.engine = engine
+        self.pipeline = pipeline
 
     def prepare(self, request: Any, slot: CallSlot | None) -> Any:
-        """``(call, unchanged)`` — the :class:`~haikucache.PreparedCall` and whether the
-        planner left the body as the SDK sent it —, ``None`` to pass the request on as it
-        is, or an error response (the request would be rejected; nothing is sent)."""
+        """``(call, params)`` — the :class:`~haikucache.PreparedCall` and the body the SDK
+        sent —, ``None`` to pass the request on as it is, or an error response (the
+        request would be rejected; nothing is sent)."""
         try:
             params = json.loads(request.content)
         except ValueError:
@@ -117,15 +127,14 @@ class _Door:
         if not isinstance(params, dict):
             return None
         try:
-            call = self.engine.prepare(
+            call = self.pipeline.prepare(
                 params,
                 slot.options if slot is not None else None,
+                credential=credential_of(request.headers),
                 api_version=request.headers.get("anthropic-version", _DEFAULT_API_VERSION),
                 betas=_betas(request.headers),
             )
-            # Unchanged by the planner (no breakpoint added): the SDK's bytes can go as they
-            # are, without encoding the body again.
-            return call, call.body == params
+            return call, params
         except RequestValidationError as exc:
             if slot is not None:
                 slot.error = exc
@@ -140,12 +149,14 @@ class _Door:
                 request=request,
             )
 
-    def hit_response(self, request: Any, call: Any, entry: Any, slot: CallSlot | None) -> Any:
-        message, info = self.engine.hit(call, entry)
+    def local_response(self, request: Any, outcome: Outcome[Any], slot: CallSlot | None) -> Any:
+        """An answer served without the API (a hit, or a concurrent twin's answer)."""
+        message = outcome.message
+        assert message is not None
         if slot is not None:
-            slot.info = info
+            slot.info = outcome.info
         headers = {"x-haikucache-cache": "hit", "request-id": "req_haikucache_" + message["id"][4:]}
-        if call.stream:
+        if outcome.call.stream:
             headers["content-type"] = "text/event-stream; charset=utf-8"
             content = b"".join(message_to_sse(message, chunk_chars=_REPLAY_CHUNK_CHARS))
         else:
@@ -153,8 +164,18 @@ class _Door:
             content = _dumps(message).encode()
         return self.mod.Response(200, headers=headers, content=content, request=request)
 
-    def upstream_request(self, request: Any, call: Any, unchanged: bool) -> Any:
-        if unchanged:
+    def answer(self, request: Any, outcome: Outcome[Any], slot: CallSlot | None) -> Any:
+        """The response for an outcome: upstream's own for a miss, else rendered."""
+        if outcome.raw is None:
+            return self.local_response(request, outcome, slot)
+        if slot is not None and outcome.info is not None:
+            slot.info = outcome.info
+        return outcome.raw
+
+    def upstream_request(self, request: Any, call: Any, params: dict[str, Any]) -> Any:
+        if call.body == params:
+            # Unchanged by the planner (no breakpoint added): the SDK's bytes can go as they
+            # are, without encoding the body again.
             return request
         headers = [
             (name, value)
@@ -176,54 +197,36 @@ class _Door:
             and "text/event-stream" in response.headers.get("content-type", "")
         )
 
-    def json_message(self, response: Any) -> dict[str, Any] | None:
-        """The message of a successful JSON answer, or ``None``."""
+    @staticmethod
+    def reply(response: Any) -> Reply[Any]:
+        """A successful JSON answer as the pipeline's reply (``message`` ``None`` otherwise)."""
         if response.status_code != 200:
-            return None
+            return Reply(None, response)
         try:
             data = json.loads(response.content)
         except ValueError:
-            return None
-        return data if isinstance(data, dict) and data.get("type") == "message" else None
-
-    def recorded(self, call: Any, message: dict[str, Any], slot: CallSlot | None) -> CallInfo:
-        info = self.engine.record(call, message)
-        if slot is not None:
-            slot.info = info
-        return info
+            return Reply(None, response)
+        message = data if isinstance(data, dict) and data.get("type") == "message" else None
+        return Reply(message, response)
 
 
-class _Tee:
-    """Reads SSE bytes as they pass, accumulating the message; never alters or delays them."""
+def credential_of(headers: Mapping[str, str]) -> str | None:
+    """The credential a request carries upstream (hashed into the key scope, never kept)."""
+    key = headers.get("x-api-key")
+    if key:
+        return key
+    auth = headers.get("authorization", "")
+    return auth[7:] if auth.lower().startswith("bearer ") else (auth or None)
 
-    def __init__(self, door: _Door, call: Any, slot: CallSlot | None) -> None:
-        self.door = door
-        self.call = call
-        self.slot = slot
-        self.decoder: SSEDecoder | None = SSEDecoder()
-        self.accumulator = MessageAccumulator()
 
-    def feed(self, chunk: bytes) -> tuple[dict[str, Any], CallInfo] | None:
-        """Feed bytes; the message and its accounting once ``message_stop`` has passed."""
-        if self.decoder is None:
-            return None
-        try:
-            for sse in self.decoder.feed(chunk):
-                data = sse.json()
-                if not isinstance(data, dict):
-                    continue
-                if data.get("type") == "error":
-                    self.decoder = None  # an error mid-stream: nothing to record or store
-                    return None
-                self.accumulator.feed(data)
-                if self.accumulator.done:
-                    self.decoder = None
-                    message = self.accumulator.message()
-                    return message, self.door.recorded(self.call, message, self.slot)
-        except Exception:  # accounting must never break the caller's stream
-            log.warning("haikucache could not follow a streamed answer", exc_info=True)
-            self.decoder = None
-        return None
+def _follow(tap: StreamTap, slot: CallSlot | None, chunk: bytes) -> bool:
+    """Feed the tap; ``True`` (once) when the answer completed and should be stored."""
+    info = tap.feed(chunk)
+    if info is None:
+        return False
+    if slot is not None:
+        slot.info = info
+    return True
 
 
 _classes: dict[str, tuple[type[Any], type[Any]]] = {}
@@ -236,45 +239,48 @@ def transport_classes(mod: ModuleType) -> tuple[type[Any], type[Any]]:
         return cached
 
     class _TeeStream(mod.SyncByteStream):  # type: ignore[name-defined,misc]
-        def __init__(self, inner: Any, tee: _Tee) -> None:
+        def __init__(self, inner: Any, tap: StreamTap, slot: CallSlot | None) -> None:
             self._inner = inner
-            self._tee = tee
+            self._tap = tap
+            self._slot = slot
 
         def __iter__(self) -> Iterator[bytes]:
             for chunk in self._inner:
-                done = self._tee.feed(chunk)
-                if done is not None:
-                    self._tee.door.engine.store_answer(self._tee.call, *done)
+                if _follow(self._tap, self._slot, chunk):
+                    self._tap.store()
                 yield chunk
 
         def close(self) -> None:
             self._inner.close()
 
     class _AsyncTeeStream(mod.AsyncByteStream):  # type: ignore[name-defined,misc]
-        def __init__(self, inner: Any, tee: _Tee) -> None:
+        def __init__(self, inner: Any, tap: StreamTap, slot: CallSlot | None) -> None:
             self._inner = inner
-            self._tee = tee
+            self._tap = tap
+            self._slot = slot
 
         async def __aiter__(self) -> AsyncIterator[bytes]:
             async for chunk in self._inner:
-                done = self._tee.feed(chunk)
-                if done is not None:
-                    await self._tee.door.engine.astore_answer(self._tee.call, *done)
+                if _follow(self._tap, self._slot, chunk):
+                    await self._tap.astore()
                 yield chunk
 
         async def aclose(self) -> None:
             await self._inner.aclose()
 
     class HaikuTransport(mod.BaseTransport):  # type: ignore[name-defined,misc]
-        """A sync transport that sends Messages calls through haikucache's engine.
+        """A sync transport that sends Messages calls through haikucache's pipeline.
 
         Args:
-            engine: the engine whose stages run for every ``POST /v1/messages``.
+            pipeline: the pipeline every ``POST /v1/messages`` goes through (an
+                :class:`~haikucache.Engine` is wrapped in one).
             inner: the transport that reaches the API (everything else goes straight to it).
         """
 
-        def __init__(self, engine: Engine, inner: Any) -> None:
-            self.door = _Door(mod, engine)
+        def __init__(self, pipeline: Pipeline | Engine, inner: Any) -> None:
+            if isinstance(pipeline, Engine):
+                pipeline = Pipeline(pipeline)
+            self.door = _Door(mod, pipeline)
             self.inner = inner
 
         def handle_request(self, request: Any) -> Any:
@@ -287,32 +293,36 @@ def transport_classes(mod: ModuleType) -> tuple[type[Any], type[Any]]:
                 return self.inner.handle_request(request)
             if isinstance(prepared, mod.Response):
                 return prepared
-            call, unchanged = prepared
-            entry = (
-                None
-                if slot is not None and slot.looked_up == call.key
-                else self.door.engine.lookup(call)
-            )
-            if entry is not None:
-                return self.door.hit_response(request, call, entry, slot)
-            response = self.inner.handle_request(
-                self.door.upstream_request(request, call, unchanged)
-            )
-            if call.stream and self.door.is_stream(response):
+            call, params = prepared
+            pipeline = self.door.pipeline
+            looked_up = slot is not None and slot.looked_up == call.key
+            if call.stream:
+                opened = pipeline.open_stream(call, looked_up=looked_up)
+                if isinstance(opened, Outcome):
+                    return self.door.local_response(request, opened, slot)
+                response = self.inner.handle_request(
+                    self.door.upstream_request(request, call, params)
+                )
+                if not self.door.is_stream(response):
+                    return response
                 return mod.Response(
                     response.status_code,
                     headers=response.headers,
-                    stream=_TeeStream(response.stream, _Tee(self.door, call, slot)),
+                    stream=_TeeStream(response.stream, opened, slot),
                     extensions=response.extensions,
                     request=request,
                 )
-            if response.status_code == 200:
-                response.read()
-                message = self.door.json_message(response)
-                if message is not None:
-                    info = self.door.recorded(call, message, slot)
-                    self.door.engine.store_answer(call, message, info)
-            return response
+
+            def send(body: dict[str, Any]) -> Reply[Any]:
+                response = self.inner.handle_request(
+                    self.door.upstream_request(request, call, params)
+                )
+                if response.status_code == 200:
+                    response.read()
+                return self.door.reply(response)
+
+            outcome = pipeline.exchange(call, send, looked_up=looked_up)
+            return self.door.answer(request, outcome, slot)
 
         def close(self) -> None:
             # The inner transport is shared (or the caller's): its owner closes it.
@@ -321,8 +331,10 @@ def transport_classes(mod: ModuleType) -> tuple[type[Any], type[Any]]:
     class AsyncHaikuTransport(mod.AsyncBaseTransport):  # type: ignore[name-defined,misc]
         """The async twin of ``HaikuTransport``."""
 
-        def __init__(self, engine: Engine, inner: Any) -> None:
-            self.door = _Door(mod, engine)
+        def __init__(self, pipeline: Pipeline | Engine, inner: Any) -> None:
+            if isinstance(pipeline, Engine):
+                pipeline = Pipeline(pipeline)
+            self.door = _Door(mod, pipeline)
             self.inner = inner
 
         async def handle_async_request(self, request: Any) -> Any:
@@ -335,32 +347,36 @@ def transport_classes(mod: ModuleType) -> tuple[type[Any], type[Any]]:
                 return await self.inner.handle_async_request(request)
             if isinstance(prepared, mod.Response):
                 return prepared
-            call, unchanged = prepared
-            entry = (
-                None
-                if slot is not None and slot.looked_up == call.key
-                else await self.door.engine.alookup(call)
-            )
-            if entry is not None:
-                return self.door.hit_response(request, call, entry, slot)
-            response = await self.inner.handle_async_request(
-                self.door.upstream_request(request, call, unchanged)
-            )
-            if call.stream and self.door.is_stream(response):
+            call, params = prepared
+            pipeline = self.door.pipeline
+            looked_up = slot is not None and slot.looked_up == call.key
+            if call.stream:
+                opened = await pipeline.aopen_stream(call, looked_up=looked_up)
+                if isinstance(opened, Outcome):
+                    return self.door.local_response(request, opened, slot)
+                response = await self.inner.handle_async_request(
+                    self.door.upstream_request(request, call, params)
+                )
+                if not self.door.is_stream(response):
+                    return response
                 return mod.Response(
                     response.status_code,
                     headers=response.headers,
-                    stream=_AsyncTeeStream(response.stream, _Tee(self.door, call, slot)),
+                    stream=_AsyncTeeStream(response.stream, opened, slot),
                     extensions=response.extensions,
                     request=request,
                 )
-            if response.status_code == 200:
-                await response.aread()
-                message = self.door.json_message(response)
-                if message is not None:
-                    info = self.door.recorded(call, message, slot)
-                    await self.door.engine.astore_answer(call, message, info)
-            return response
+
+            async def send(body: dict[str, Any]) -> Reply[Any]:
+                response = await self.inner.handle_async_request(
+                    self.door.upstream_request(request, call, params)
+                )
+                if response.status_code == 200:
+                    await response.aread()
+                return self.door.reply(response)
+
+            outcome = await pipeline.aexchange(call, send, looked_up=looked_up)
+            return self.door.answer(request, outcome, slot)
 
         async def aclose(self) -> None:
             pass

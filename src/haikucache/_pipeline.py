@@ -1,0 +1,460 @@
+"""The exchange pipeline: every stage, in order, in one place, for every door.
+
+::
+
+    door ──▶ prepare      1 validate, 2 key (scoped by the credential's hash)
+             exchange     3 lookup ─ hit ─▶ the stored answer, $0
+                            │ miss
+                            ├ single-flight: identical calls in flight make one upstream call
+                            4 plan    breakpoints, only now that the call goes upstream
+                            5/6 send  the door's own I/O (JSON), or open_stream (SSE)
+                            7 account the ledger, and the planner learns
+                            8 store   complete answers only; a store failure is a logged miss
+         ◀── Outcome      the message (a dict), its CallInfo, and where it came from
+
+A door (the client, the SDK middleware and transport, the LangChain transport, the LlamaIndex
+LLM and the decorator through the client, the batcher, the proxy) translates its caller's
+shapes into a Messages request, :class:`~haikucache.CallOptions`, the credential that reaches
+upstream and a ``send`` function, and translates the :class:`Outcome` back. It never calls an
+engine stage itself, so a guarantee written here holds at every door:
+
+- the key and the semantic partition are scoped by a hash of the credential the call is
+  sent with, whatever engine or store the door was given (see
+  :meth:`Engine.scope_for <haikucache.Engine.scope_for>`);
+- every bad request is a :class:`~haikucache.RequestValidationError` before any HTTP;
+- concurrent identical calls make one upstream call (in this process, and across processes
+  that share a store with leases);
+- a store or ledger failure degrades to a logged miss, never a failed call.
+
+The sync and async twins differ only where I/O happens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+from ._engine import CallInfo, CallOptions, Engine, PreparedCall
+from ._exceptions import CacheStoreError, UsageError
+from ._singleflight import AsyncLockStore, AsyncSingleFlight, LockStore, SingleFlight
+from ._sse import MessageAccumulator, SSEDecoder
+from ._store import AsyncResponseStore, CacheEntry
+from ._wire import API_VERSIONS
+
+__all__ = ["FLIGHT_LEASE", "FLIGHT_WAIT", "Outcome", "Pipeline", "Reply", "StreamTap"]
+
+logger = logging.getLogger("haikucache")
+
+R = TypeVar("R")
+
+#: Seconds a process holds the store's lease on a key while it calls upstream. A holder that
+#: died blocks nobody for longer; a call that takes longer lets a waiter call upstream too.
+FLIGHT_LEASE = 120.0
+#: Seconds a process waits for another one's answer to the same request before it calls
+#: upstream itself.
+FLIGHT_WAIT = 30.0
+
+#: ``hit``: an exact stored answer. ``semantic``: a stored answer found by meaning.
+#: ``shared``: the answer a concurrent twin fetched (in this process or another). ``miss``:
+#: this call's own upstream answer.
+Source = Literal["hit", "semantic", "shared", "miss"]
+
+
+@dataclass(frozen=True)
+class Reply(Generic[R]):
+    """What a door's ``send`` got back from upstream.
+
+    Attributes:
+        message: the complete Messages answer as a dict; ``None`` when the reply is not one
+            (an error the door passes on as it is): nothing is then accounted or stored.
+        raw: the door's own response object (headers, an HTTP response), handed back in the
+            :class:`Outcome` untouched.
+    """
+
+    message: dict[str, Any] | None
+    raw: R
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[R]):
+    """What the pipeline did with one call.
+
+    Attributes:
+        call: the prepared call (its key, namespace, planned body).
+        source: where the answer came from (see :data:`Source`).
+        message: the answer as a dict (``None`` only for a miss whose reply was not a message).
+        info: its accounting (``None`` with ``message``).
+        raw: the door's upstream response for a ``miss``; ``None`` for answers served
+            locally, which the door renders from ``message``.
+    """
+
+    call: PreparedCall
+    source: Source
+    message: dict[str, Any] | None
+    info: CallInfo | None
+    raw: R | None = None
+
+    @property
+    def local(self) -> bool:
+        """Served without this call reaching upstream (a hit, or a twin's answer)."""
+        return self.source != "miss"
+
+
+class StreamTap:
+    """Follows a live SSE answer as it passes, accounts it once complete, then stores it.
+
+    The door sends ``tap.call.body``, hands every event (:meth:`event`) or raw chunk
+    (:meth:`feed`) over as it passes to its caller, and calls :meth:`store` (or
+    :meth:`astore`) once :attr:`info` is set. It never raises into the caller's stream: an
+    ``error`` event, a stream it cannot parse, or one that stops before ``message_stop``
+    accounts and stores nothing.
+    """
+
+    def __init__(self, pipeline: Pipeline, call: PreparedCall) -> None:
+        self._pipeline = pipeline
+        self.call = call
+        self._decoder: SSEDecoder | None = None
+        self._accumulator = MessageAccumulator()
+        self._failed = False
+        self._stored = False
+        self.message: dict[str, Any] | None = None
+        self.info: CallInfo | None = None
+
+    @property
+    def done(self) -> bool:
+        """The answer is complete and accounted."""
+        return self.info is not None
+
+    def event(self, data: Mapping[str, Any]) -> CallInfo | None:
+        """Follow one parsed SSE event; the accounting once this event completed the answer."""
+        if self._failed or self.info is not None:
+            return None
+        try:
+            kind = data.get("type")
+            if kind == "error":
+                self._failed = True
+                return None
+            if kind == "ping":
+                return None
+            self._accumulator.feed(dict(data))
+            if not self._accumulator.done:
+                return None
+            self.message = self._accumulator.message()
+            self.info = self._pipeline._account(self.call, self.message)
+            return self.info
+        except Exception:  # accounting must never break the caller's stream
+            self._failed = True
+            logger.warning(
+                "haikucache: could not follow a streamed answer; not cached", exc_info=True
+            )
+            return None
+
+    def feed(self, chunk: bytes) -> CallInfo | None:
+        """Follow raw SSE bytes; the accounting once they completed the answer."""
+        if self._failed or self.info is not None:
+            return None
+        if self._decoder is None:
+            self._decoder = SSEDecoder()
+        try:
+            for sse in self._decoder.feed(chunk):
+                if sse.event == "error":
+                    self._failed = True
+                    return None
+                data = sse.json() if sse.data else None
+                if isinstance(data, dict) and self.event(data) is not None:
+                    return self.info
+        except Exception:
+            self._failed = True
+            logger.warning(
+                "haikucache: could not follow a streamed answer; not cached", exc_info=True
+            )
+        return None
+
+    def store(self) -> bool:
+        """The store stage of the completed answer (once; a no-op before completion)."""
+        if self._stored or self.message is None or self.info is None:
+            return False
+        self._stored = True
+        return self._pipeline._store(self.call, self.message, self.info)
+
+    async def astore(self) -> bool:
+        """The async twin of :meth:`store`."""
+        if self._stored or self.message is None or self.info is None:
+            return False
+        self._stored = True
+        return await self._pipeline._astore(self.call, self.message, self.info)
+
+
+class Pipeline:
+    """The stages of every call, sequenced once (sync and async twins).
+
+    Args:
+        engine: the engine whose stages run (planner, store, ledger, semantic index).
+        flight_lease: seconds a process holds the store's lease on a key while it calls
+            upstream (see :class:`~haikucache.SingleFlight`).
+        flight_wait: seconds a process waits for another one's answer to the same request
+            before it calls upstream itself.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        flight_lease: float = FLIGHT_LEASE,
+        flight_wait: float = FLIGHT_WAIT,
+    ) -> None:
+        self.engine = engine
+        store = engine.store
+        # Every haikucache store has leases; a home-made store without them coalesces
+        # within the process only.
+        leases: LockStore | None = store if _has_leases(store) else None
+        aleases: AsyncLockStore | None = store if isinstance(store, AsyncResponseStore) else None
+        self._flights = SingleFlight(leases, lease=flight_lease, wait=flight_wait)
+        self._aflights = AsyncSingleFlight(aleases, lease=flight_lease, wait=flight_wait)
+        # A call that will not store its answer gives other processes nothing to find: it
+        # coalesces within the process only and takes no lease.
+        self._local_flights = SingleFlight()
+        self._alocal_flights = AsyncSingleFlight()
+
+    def __repr__(self) -> str:
+        return f"Pipeline(engine={self.engine!r})"
+
+    # -- 1 validate, 2 key ----------------------------------------------------------------
+
+    def prepare(
+        self,
+        params: Mapping[str, Any],
+        options: CallOptions | None = None,
+        *,
+        credential: str | None,
+        api_version: str = API_VERSIONS[0],
+        betas: Sequence[str] = (),
+    ) -> PreparedCall:
+        """Validate and key a Messages request for the credential it will be sent with.
+
+        Planning waits until the call goes upstream: a hit costs no planning.
+
+        Raises:
+            RequestValidationError: the API would reject it (nothing was sent).
+        """
+        return self.engine.prepare(
+            params,
+            options,
+            credential=credential,
+            api_version=api_version,
+            betas=betas,
+            defer_plan=True,
+        )
+
+    # -- 3 lookup -------------------------------------------------------------------------
+
+    def lookup(self, call: PreparedCall) -> Outcome[Any] | None:
+        """A stored answer served as a hit, or ``None`` (a store failure is a miss)."""
+        return self._served(call, self.engine.lookup(call))
+
+    async def alookup(self, call: PreparedCall) -> Outcome[Any] | None:
+        """The async twin of :meth:`lookup`."""
+        return self._served(call, await self.engine.alookup(call))
+
+    def _served(self, call: PreparedCall, entry: CacheEntry | None) -> Outcome[Any] | None:
+        if entry is None:
+            return None
+        message, info = self.engine.hit(call, entry)
+        return Outcome(call, "semantic" if entry.similarity is not None else "hit", message, info)
+
+    # -- JSON exchange --------------------------------------------------------------------
+
+    def exchange(
+        self,
+        call: PreparedCall,
+        send: Callable[[dict[str, Any]], Reply[R]],
+        *,
+        looked_up: bool = False,
+    ) -> Outcome[R]:
+        """Answer a JSON call: from the cache, from a concurrent twin, or by ``send``.
+
+        Args:
+            send: the door's I/O: sends the planned body upstream and returns the
+                :class:`Reply` (it may raise the door's own errors; they propagate).
+            looked_up: the door already looked this call up and missed.
+        """
+        if call.stream:
+            raise UsageError("a streamed call goes through open_stream(), not exchange()")
+        if not looked_up:
+            hit = self.lookup(call)
+            if hit is not None:
+                return hit
+
+        def lead() -> Outcome[R]:
+            return self._settle(call, send(self.engine.plan(call).body))
+
+        if not self._coalesce(call):
+            return lead()
+        if call.options.no_store:
+            flight = self._local_flights.run(call.key, lead)
+        else:
+            flight = self._flights.run(call.key, lead, check=lambda: self._found(call))
+        if flight.role == "joined":
+            return self._shared(call, flight.value) or lead()
+        return flight.value
+
+    async def aexchange(
+        self,
+        call: PreparedCall,
+        send: Callable[[dict[str, Any]], Awaitable[Reply[R]]],
+        *,
+        looked_up: bool = False,
+    ) -> Outcome[R]:
+        """The async twin of :meth:`exchange`."""
+        if call.stream:
+            raise UsageError("a streamed call goes through aopen_stream(), not aexchange()")
+        if not looked_up:
+            hit = await self.alookup(call)
+            if hit is not None:
+                return hit
+
+        async def lead() -> Outcome[R]:
+            reply = await send(self.engine.plan(call).body)
+            return await self._asettle(call, reply)
+
+        if not self._coalesce(call):
+            return await lead()
+        if call.options.no_store:
+            flight = await self._alocal_flights.arun(call.key, lead)
+        else:
+            flight = await self._aflights.arun(call.key, lead, check=lambda: self._afound(call))
+        if flight.role == "joined":
+            return self._shared(call, flight.value) or await lead()
+        return flight.value
+
+    # -- SSE exchange ---------------------------------------------------------------------
+
+    def open_stream(
+        self, call: PreparedCall, *, looked_up: bool = False
+    ) -> Outcome[Any] | StreamTap:
+        """A streamed call: a stored answer to replay, or a tap for the live stream.
+
+        On a miss the call is planned: the door sends ``tap.call.body`` and feeds the tap.
+        Streams are not coalesced: each caller reads its own live stream.
+        """
+        if not looked_up:
+            hit = self.lookup(call)
+            if hit is not None:
+                return hit
+        self.engine.plan(call)
+        return StreamTap(self, call)
+
+    async def aopen_stream(
+        self, call: PreparedCall, *, looked_up: bool = False
+    ) -> Outcome[Any] | StreamTap:
+        """The async twin of :meth:`open_stream`."""
+        if not looked_up:
+            hit = await self.alookup(call)
+            if hit is not None:
+                return hit
+        self.engine.plan(call)
+        return StreamTap(self, call)
+
+    # -- 7 account, 8 store (also the batcher's way in for answers it collected) ----------
+
+    def deliver(
+        self, call: PreparedCall, message: dict[str, Any], *, batch: bool = False
+    ) -> Outcome[Any]:
+        """Account and store an answer that reached this process some other way (a batch)."""
+        info = self._account(call, message, batch=batch)
+        self._store(call, message, info)
+        return Outcome(call, "miss", message, info)
+
+    async def adeliver(
+        self, call: PreparedCall, message: dict[str, Any], *, batch: bool = False
+    ) -> Outcome[Any]:
+        """The async twin of :meth:`deliver`."""
+        info = self._account(call, message, batch=batch)
+        await self._astore(call, message, info)
+        return Outcome(call, "miss", message, info)
+
+    def share(self, call: PreparedCall, leader: Outcome[Any]) -> Outcome[Any] | None:
+        """The answer a twin fetched, served to ``call`` as a hit for $0 (``None``: nothing
+        to share, e.g. the twin got an error)."""
+        return self._shared(call, leader)
+
+    # -- the stages' plumbing -------------------------------------------------------------
+
+    def _coalesce(self, call: PreparedCall) -> bool:
+        return self.engine.store is not None and not call.options.no_cache
+
+    def _settle(self, call: PreparedCall, reply: Reply[R]) -> Outcome[R]:
+        if reply.message is None:
+            return Outcome(call, "miss", None, None, reply.raw)
+        info = self._account(call, reply.message)
+        self._store(call, reply.message, info)
+        return Outcome(call, "miss", reply.message, info, reply.raw)
+
+    async def _asettle(self, call: PreparedCall, reply: Reply[R]) -> Outcome[R]:
+        if reply.message is None:
+            return Outcome(call, "miss", None, None, reply.raw)
+        info = self._account(call, reply.message)
+        await self._astore(call, reply.message, info)
+        return Outcome(call, "miss", reply.message, info, reply.raw)
+
+    def _account(
+        self, call: PreparedCall, message: Mapping[str, Any], *, batch: bool = False
+    ) -> CallInfo:
+        return self.engine.record(call, message, batch=batch)
+
+    def _store(self, call: PreparedCall, message: Mapping[str, Any], info: CallInfo) -> bool:
+        try:
+            return self.engine.store_answer(call, message, info)
+        except Exception as exc:  # the answer is paid for and good: a store failure is a miss
+            self._store_failed(exc)
+            return False
+
+    async def _astore(self, call: PreparedCall, message: Mapping[str, Any], info: CallInfo) -> bool:
+        try:
+            return await self.engine.astore_answer(call, message, info)
+        except Exception as exc:
+            self._store_failed(exc)
+            return False
+
+    def _store_failed(self, exc: Exception) -> None:
+        semantic = self.engine.semantic
+        # Strict stores (and a strict embedder) raise, for tests; otherwise a miss.
+        if isinstance(exc, CacheStoreError) or (semantic is not None and semantic.strict):
+            raise exc
+        logger.warning(
+            "haikucache: storing an answer failed (%s: %s); it is served but not cached",
+            type(exc).__name__,
+            exc,
+        )
+
+    def _found(self, call: PreparedCall) -> Outcome[Any] | None:
+        """The answer another process stored meanwhile (exact key only: a poll stays cheap)."""
+        store = self.engine.store
+        if store is None:
+            return None
+        entry = store.get(call.key, now=self.engine.clock.now())
+        return self._served(call, entry)
+
+    async def _afound(self, call: PreparedCall) -> Outcome[Any] | None:
+        store = self.engine.store
+        if store is None:
+            return None
+        now = self.engine.clock.now()
+        if isinstance(store, AsyncResponseStore):
+            entry = await store.aget(call.key, now=now)
+        else:
+            entry = store.get(call.key, now=now)
+        return self._served(call, entry)
+
+    def _shared(self, call: PreparedCall, leader: Outcome[Any]) -> Outcome[Any] | None:
+        if leader.message is None:
+            return None
+        entry = self.engine.shared_entry(call, leader.message, leader.info)
+        message, info = self.engine.hit(call, entry)
+        return Outcome(call, "shared", message, info)
+
+
+def _has_leases(store: object) -> bool:
+    return callable(getattr(store, "try_lock", None)) and callable(getattr(store, "unlock", None))
