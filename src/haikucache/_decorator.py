@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import difflib
 import enum
 import functools
 import inspect
@@ -89,6 +90,7 @@ from ._semantic import SemanticConfig, SemanticIndex
 from ._singleflight import AsyncSingleFlight, SingleFlight
 from ._store import AsyncResponseStore, CacheEntry, DiskStore, MemoryStore, ResponseStore
 from ._types import Message, TextBlock, ToolUseBlock
+from ._wire import MESSAGES_FIELDS
 
 if TYPE_CHECKING:
     from ._batcher import AsyncBatcher, Batcher
@@ -1214,7 +1216,8 @@ def llm(
     Raises:
         TypeError: used without parentheses (``@llm``), or applied to something that is not
             a function, or ``output`` is not a model/TypedDict.
-        ConfigurationError: conflicting or invalid options.
+        ConfigurationError: conflicting or invalid options, or a keyword that is neither an
+            option nor a Messages API field (the message names the closest valid one).
 
     Example:
         >>> @haikucache.llm(system="Answer briefly.")  # doctest: +SKIP
@@ -1223,6 +1226,17 @@ def llm(
     """
     if args:
         raise _bare_use("haikucache.llm", args)
+    for name in params:
+        # Anything not named above becomes a request field, so a typo would otherwise
+        # surface only at the first call, as a rejected request.
+        if name not in MESSAGES_FIELDS:
+            named = [p for p in inspect.signature(llm).parameters if p not in ("args", "params")]
+            close = difflib.get_close_matches(name, [*named, *sorted(MESSAGES_FIELDS)], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(
+                f"haikucache.llm() got an unknown keyword {name!r}{hint} (options: "
+                f"{', '.join(named)}; or any Messages API field)"
+            )
     if returns not in (None, "text", "message"):
         raise ConfigurationError(f"returns must be 'text' or 'message', got {returns!r}")
     if returns == "text" and output is not None:
