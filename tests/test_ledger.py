@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from haikucache import (
+    CacheStoreError,
     ConfigurationError,
     DiskLedger,
     MemoryLedger,
@@ -234,3 +235,86 @@ def test_disk_ledger_pending_entries_are_written_at_exit(tmp_path: Path) -> None
 def test_disk_ledger_rejects_bad_flush_settings(tmp_path: Path, kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):
         DiskLedger(tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- failures degrade
+
+
+def test_an_unusable_ledger_directory_counts_in_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "file").write_text("a file where a directory should be")
+    directory = tmp_path / "file" / "ledger"
+    with caplog.at_level(logging.DEBUG, logger="haikucache"):
+        ledger = DiskLedger(directory, flush_interval=0)
+        for _ in range(4):
+            ledger.record(_miss())
+        assert summarize(ledger.totals()).calls == 4
+        ledger.close()
+    assert not ledger.persistent
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert str(directory) in warning and "NotADirectoryError" in warning
+    assert "in memory" in warning
+    with pytest.raises(CacheStoreError, match="ledger"):
+        DiskLedger(directory, strict=True)
+
+
+class _SmallLedger(DiskLedger):
+    MAX_PENDING_BUCKETS = 3
+
+
+def test_unwritten_buckets_are_bounded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "file").write_text("")
+    ledger = _SmallLedger(tmp_path / "file" / "ledger")
+    usage = {"input_tokens": 100, "output_tokens": 10}
+    with caplog.at_level(logging.WARNING, logger="haikucache"):
+        for n in range(5):
+            for _ in range(2):
+                ledger.record(
+                    now_entry(
+                        None, namespace=f"n{n}", model="claude-haiku-4-5", cache="miss", usage=usage
+                    )
+                )
+    buckets = ledger.totals()
+    assert [b.namespace for b in buckets] == ["n0", "n1", "n2"]
+    assert summarize(buckets).calls == 6  # the buckets kept stay exact
+    assert len([r for r in caplog.records if "unwritten buckets" in r.getMessage()]) == 1
+
+
+def test_an_existing_ledger_directory_keeps_its_mode(tmp_path: Path) -> None:
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    directory.chmod(0o750)
+    ledger = DiskLedger(directory, flush_interval=0)
+    ledger.record(_miss())
+    ledger.close()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o750
+    for path in directory.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+class _Trap:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (open, (str(self.path), "w"))
+
+
+def test_a_ledger_never_runs_a_pickle(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import diskcache
+
+    directory = tmp_path / "ledger"
+    ledger = DiskLedger(directory, flush_interval=0)
+    ledger.record(_miss())
+    ledger.close()
+    marker = tmp_path / "code-ran"
+    with diskcache.Cache(str(directory)) as raw:  # someone else writes into the directory
+        raw.set(("totals", "x", "claude-haiku-4-5", "2025-01-01"), _Trap(marker))
+        raw.set(_Trap(marker), 1)
+    reader = DiskLedger(directory)
+    try:
+        assert summarize(reader.totals()).calls == 1  # the healthy bucket still counts
+    finally:
+        reader.close()
+    assert not marker.exists()

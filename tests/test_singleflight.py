@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from haikucache._clock import SystemClock
-from haikucache._singleflight import AsyncSingleFlight, Flight, SingleFlight
+from haikucache._singleflight import LEASE_TTL, AsyncSingleFlight, Flight, SingleFlight
 from haikucache._store import NO_LOCK, CacheEntry, DiskStore, MemoryStore, RedisStore
 from haikucache.testing import Emulator
 
@@ -165,7 +165,7 @@ def test_an_interrupted_leader_hands_the_call_over() -> None:
     assert calls == 2
 
 
-@pytest.mark.parametrize("bad", [{"lease": 0}, {"wait": -1}, {"poll": 0}])
+@pytest.mark.parametrize("bad", [{"lease": 0}, {"wait": -1}, {"poll": 0}, {"lease_ttl": 0}])
 def test_times_must_be_positive(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         SingleFlight(**bad)
@@ -373,6 +373,149 @@ def test_a_failing_store_never_makes_a_call_wait() -> None:
         assert flight.role == "leader" and time.monotonic() - started < 1
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "disk"])
+def test_a_short_lease_is_kept_alive_while_the_work_runs(store_kind: str, tmp_path: Path) -> None:
+    store: Any = (
+        MemoryStore(strict=True) if store_kind == "memory" else DiskStore(tmp_path, strict=True)
+    )
+    # Each grant lasts 0.2 s; the work takes 1 s: only the heartbeat keeps the lease held.
+    leader, waiter = SingleFlight(store, lease_ttl=0.2), SingleFlight(store, lease_ttl=0.2)
+    started = threading.Event()
+    answer = {"type": "message", "id": "msg_H", "content": [], "usage": {}}
+    calls = 0
+
+    def upstream() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        started.set()
+        time.sleep(1.0)
+        _stored(store, answer)
+        return answer
+
+    results: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: results.append(leader.run(KEY, upstream, check=_lookup(store)))
+    )
+    thread.start()
+    started.wait(10)
+    flight = waiter.run(KEY, upstream, check=_lookup(store))
+    thread.join(10)
+    store.close()
+    assert calls == 1
+    assert results[0].role == "leader" and flight.role == "found"
+
+
+def test_a_lease_is_renewed_for_lease_seconds_at_most() -> None:
+    store = MemoryStore(strict=True)
+    leader = SingleFlight(store, lease=0.6, lease_ttl=0.2)
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(10)
+        return "slow"
+
+    thread = threading.Thread(target=lambda: leader.run(KEY, slow, check=lambda: None))
+    thread.start()
+    try:
+        started.wait(10)
+        began = time.monotonic()
+        # A call slower than `lease` lets a waiter call upstream too, as before.
+        flight = SingleFlight(store, wait=10).run(KEY, lambda: "second", check=lambda: None)
+        waited = time.monotonic() - began
+    finally:
+        release.set()
+        thread.join(10)
+    assert flight.role == "leader" and 0.3 < waited < 1.5, waited
+
+
+class _LeasesOnly:
+    """A home-made store with leases but no renew: it gets the whole lease at once."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner = inner
+
+    def try_lock(self, name: str, *, ttl: float) -> str | None:
+        return self.inner.try_lock(name, ttl=ttl)
+
+    def unlock(self, name: str, token: str) -> bool:
+        return self.inner.unlock(name, token)
+
+
+def test_a_store_that_cannot_renew_gets_the_whole_lease() -> None:
+    inner = MemoryStore(strict=True)
+    held: list[bool] = []
+
+    def upstream() -> str:
+        time.sleep(0.3)  # longer than one grant of lease_ttl
+        held.append(inner.try_lock("sf:" + KEY, ttl=1) is None)
+        return "answer"
+
+    flight = SingleFlight(_LeasesOnly(inner), lease=5, lease_ttl=0.1).run(
+        KEY, upstream, check=lambda: None
+    )
+    assert flight.role == "leader" and held == [True]
+    assert inner.try_lock("sf:" + KEY, ttl=1) is not None  # given back
+
+
+async def test_async_leases_are_kept_alive_while_the_work_runs() -> None:
+    store = MemoryStore(strict=True)
+    held: list[bool] = []
+
+    async def upstream() -> str:
+        await asyncio.sleep(0.7)  # 3.5 grants of lease_ttl
+        held.append(await store.atry_lock("sf:" + KEY, ttl=1) is None)
+        return "answer"
+
+    flight = await AsyncSingleFlight(store, lease_ttl=0.2).arun(KEY, upstream, check=None)
+    assert flight.role == "leader" and held == [True]
+    assert await store.atry_lock("sf:" + KEY, ttl=1) is not None  # given back
+
+
+_CRASHING_LEADER = textwrap.dedent(
+    """
+    import sys, time
+    from haikucache._singleflight import SingleFlight
+    from haikucache._store import DiskStore
+
+    store = DiskStore(sys.argv[1])
+
+    def upstream():
+        print("LEADING", flush=True)
+        time.sleep(60)
+
+    SingleFlight(store, lease=120, lease_ttl=float(sys.argv[3])).run(sys.argv[2], upstream)
+    """
+)
+
+
+def test_a_leader_that_died_holds_up_the_others_for_one_lease_ttl(tmp_path: Path) -> None:
+    assert LEASE_TTL <= 5  # the default: "a few seconds"
+    directory = tmp_path / "store"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_LEADER, str(directory), KEY, "1.0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "LEADING"
+        time.sleep(0.5)  # the heartbeat has renewed the lease at least once
+    finally:
+        child.kill()
+        child.communicate(timeout=30)
+    began = time.monotonic()
+    with DiskStore(directory) as store:
+        flight = SingleFlight(store, lease=120, wait=10).run(
+            KEY, lambda: "mine", check=lambda: None
+        )
+    waited = time.monotonic() - began
+    # Not the 120 s lease, nor the 10 s wait: the lease ran out one grant after the crash.
+    assert flight.role == "leader" and waited < 1.5, waited
 
 
 async def test_async_waiter_finds_the_answer_another_process_stored(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ fills up (SQLite's page limit), and eight processes sharing one DiskStore.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -329,6 +330,31 @@ def test_a_lease_expires_so_a_crashed_holder_blocks_nobody(store: Any) -> None:
     # The late first holder cannot release the new holder's lease.
     assert store.unlock("flight", first) is False
     assert store.try_lock("flight", ttl=30) is None
+
+
+def test_a_lease_is_renewed_by_its_holder_only(store: Any) -> None:
+    token = store.try_lock("flight", ttl=0.2)
+    assert token is not None
+    assert store.renew("flight", token, ttl=5) is True
+    time.sleep(0.3)  # past the first grant: the renewal keeps it held
+    assert store.try_lock("flight", ttl=5) is None
+    assert store.renew("flight", "someone-else", ttl=5) is False
+    assert store.unlock("flight", token) is True
+    assert store.renew("flight", token, ttl=5) is False  # given back: nothing to renew
+    assert store.renew("flight", NO_LOCK, ttl=5) is True  # a failed store's token: a no-op
+    with pytest.raises(ConfigurationError):
+        store.renew("flight", token, ttl=0)
+
+
+async def test_a_lease_is_renewed_by_async_holders_too(store: Any) -> None:
+    token = await store.atry_lock("flight", ttl=0.2)
+    assert token is not None
+    assert await store.arenew("flight", token, ttl=5) is True
+    await asyncio.sleep(0.3)
+    assert await store.atry_lock("flight", ttl=5) is None
+    assert await store.aunlock("flight", token) is True
+    assert await store.arenew("flight", token, ttl=5) is False
+    await store.aclose()
 
 
 def test_clear(store: Any, clock: ManualClock) -> None:
@@ -706,6 +732,69 @@ def test_a_disk_store_is_private_to_the_user(make_store: Make, clock: ManualCloc
         assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
 
 
+class _Trap:
+    """Unpickling it opens (creates) a file: proof that a pickle was run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.path), "w"))
+
+
+@pytest.mark.parametrize("value", ["trap", "plain dict"])
+def test_a_pickled_value_is_a_corrupt_entry_never_unpickled(
+    value: str, tmp_path: Path, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    import diskcache
+
+    directory = tmp_path / "shared"
+    DiskStore(directory).close()
+    marker = tmp_path / "code-ran"
+    # Someone who can write to a shared cache directory stores a pickle under a key.
+    with diskcache.Cache(str(directory)) as raw:
+        raw.set(key(1), _Trap(marker) if value == "trap" else {"not": "bytes"}, tag="ns")
+    store = DiskStore(directory)
+    with caplog.at_level(logging.DEBUG, logger="haikucache"):
+        assert store.get(key(1), now=clock.now()) is None
+    assert not marker.exists()
+    (warning,) = _warnings(caplog)
+    assert "corrupt" in warning and "pickled" in warning
+    assert store.stats().errors == 1
+    assert store.invalidate(key=key(1)) == 1  # and it can be removed
+    assert not marker.exists()
+    store.put(entry(key(1), now=clock.now()))
+    assert store.get(key(1), now=clock.now()) is not None
+    store.close()
+
+    strict = DiskStore(directory, strict=True)
+    with diskcache.Cache(str(directory)) as raw:
+        raw.set(key(2), _Trap(marker))
+    with pytest.raises(CacheStoreError, match="corrupt"):
+        strict.get(key(2), now=clock.now())
+    assert not marker.exists()
+    strict.close()
+
+
+def test_an_existing_directory_keeps_its_mode(tmp_path: Path, clock: ManualClock) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    with DiskStore(shared) as store:
+        store.put(entry(now=clock.now(), tags=("t",)))
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    for path in shared.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    # What haikucache creates is private: the directory and every parent it had to make;
+    # the parent that was there is left alone.
+    before = stat.S_IMODE(tmp_path.stat().st_mode)
+    with DiskStore(tmp_path / "new" / "deeper" / "store") as store:
+        store.put(entry(now=clock.now()))
+    for path in (tmp_path / "new", tmp_path / "new" / "deeper", store.directory):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == before
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
 def test_leases_from_a_thread_per_request_do_not_leak_file_descriptors(
     make_store: Make,
@@ -745,9 +834,12 @@ def test_bad_options_are_configuration_errors(tmp_path: Path) -> None:
         DiskStore(tmp_path / "d", eviction_policy="random")
     with pytest.raises(ConfigurationError):
         MemoryStore().try_lock("x", ttl=0)
-    # Settings that would unmake the store's guarantees (private files, counted evictions).
+    # Settings that would unmake the store's guarantees (private files, counted evictions,
+    # nothing unpickled).
     with pytest.raises(ConfigurationError, match="disk_min_file_size"):
         DiskStore(tmp_path / "e", settings={"disk_min_file_size": 0})
+    with pytest.raises(ConfigurationError, match="disk"):
+        DiskStore(tmp_path / "e", settings={"disk": object})
 
 
 def test_redis_repr_hides_the_password() -> None:

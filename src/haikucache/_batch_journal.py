@@ -17,26 +17,34 @@ States::
 Backends: :class:`DiskBatchJournal` (``diskcache``, the default, under
 ``default_cache_dir() / "batches"``, private to the user), :class:`RedisBatchJournal`
 (shared by many machines) and :class:`MemoryBatchJournal` (one process; nothing survives it).
+
+A damaged record never stops the others: one that cannot be read (torn, altered, not a
+record) is skipped, logged, and listed in the journal's ``corrupt`` attribute, so
+``records()``, :meth:`haikucache.Batcher.resume` and ``haikucache batches list`` go on with
+every healthy batch. A journal directory that cannot be used at all is logged once, and the
+journal keeps its batches in memory (they cannot be resumed after a crash).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import socket
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from ._exceptions import ConfigurationError, MissingDependencyError
-from ._ledger import default_cache_dir, make_private_dir
+from ._paths import UnreadableKey, open_cache
 
 __all__ = [
     "OPEN_STATES",
     "BatchJournal",
+    "CorruptRecord",
     "DiskBatchJournal",
     "JournalJob",
     "JournalRecord",
@@ -44,6 +52,8 @@ __all__ = [
     "RedisBatchJournal",
     "open_journal",
 ]
+
+logger = logging.getLogger("haikucache")
 
 #: States of a record that may still have results to collect.
 OPEN_STATES = frozenset({"submitting", "submitted"})
@@ -94,10 +104,52 @@ class JournalRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JournalRecord:
+        """Read back :meth:`to_dict`.
+
+        Raises:
+            ValueError: ``data`` is not a record (a field is missing or of the wrong type).
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a record is an object, not a {type(data).__name__}")
         data = dict(data)
-        data["betas"] = tuple(data.get("betas") or ())
+        for name, kinds, required in _RECORD_FIELDS:
+            value = data.get(name)
+            if value is None and not required:
+                continue
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ValueError(f"field {name!r} is missing or has the wrong type")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"field {name!r} is not a finite number")
+        if data["state"] not in STATES:
+            raise ValueError(f"unknown state {data['state']!r}")
+        betas = data.get("betas") or ()
+        counts = data.get("counts") or {}
+        if not isinstance(betas, (list, tuple)) or not all(isinstance(b, str) for b in betas):
+            raise ValueError("field 'betas' has the wrong type")
+        if not isinstance(counts, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+            for k, v in counts.items()
+        ):
+            raise ValueError("field 'counts' has the wrong type")
+        data["betas"] = tuple(betas)
+        data["counts"] = dict(counts)
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> JournalRecord:
+        """Read a record stored as JSON.
+
+        Raises:
+            ValueError: ``raw`` is not the JSON of a record.
+        """
+        if not isinstance(raw, (str, bytes)):
+            raise ValueError(f"a stored record is JSON text, not a {type(raw).__name__}")
+        try:
+            data = json.loads(raw)
+        except RecursionError as exc:  # nested deeper than any record
+            raise ValueError("nested too deeply") from exc
+        return cls.from_dict(data)
 
     @property
     def is_open(self) -> bool:
@@ -115,6 +167,37 @@ class JournalRecord:
         except PermissionError:
             return True
         return True
+
+
+_NUMBER = (int, float)
+# (field, types, required): what a stored record must hold to be read back.
+_RECORD_FIELDS: tuple[tuple[str, type | tuple[type, ...], bool], ...] = (
+    ("token", str, True),
+    ("state", str, True),
+    ("base_url", str, True),
+    ("jobs", int, True),
+    ("created_at", _NUMBER, True),
+    ("batch_id", str, False),
+    ("submitted_at", _NUMBER, False),
+    ("ended_at", _NUMBER, False),
+    ("api_version", str, False),
+    ("error", str, False),
+    ("pid", int, False),
+    ("host", str, False),
+)
+
+
+@dataclass(frozen=True)
+class CorruptRecord:
+    """A journal record that could not be read, and was skipped.
+
+    Attributes:
+        token: the batcher's token of the batch (``None`` when even its key is unreadable).
+        error: what is wrong with it.
+    """
+
+    token: str | None
+    error: str
 
 
 @dataclass(frozen=True)
@@ -163,20 +246,44 @@ def job_row(
 
 
 def decode_jobs(blob: bytes) -> list[JournalJob]:
-    rows = json.loads(zlib.decompress(blob))
-    return [
-        JournalJob(
-            custom_id=r[0],
-            key=r[1],
-            namespace=r[2],
-            model=r[3],
-            ttl=r[4],
-            tags=tuple(r[5]),
-            no_store=bool(r[6]),
-            body=r[7],
+    """Read back :func:`encode_jobs`.
+
+    Raises:
+        ValueError: the blob is torn, altered or not job rows.
+    """
+    try:
+        rows = json.loads(zlib.decompress(blob))
+    except zlib.error as exc:
+        raise ValueError(f"job rows do not decompress: {exc}") from exc
+    except RecursionError as exc:
+        raise ValueError("job rows nested too deeply") from exc
+    if not isinstance(rows, list):
+        raise ValueError("job rows are not a list")
+    jobs = []
+    for r in rows:
+        if not (
+            isinstance(r, list)
+            and len(r) == 8
+            and all(isinstance(v, str) for v in r[:4])
+            and (r[4] is None or (isinstance(r[4], _NUMBER) and not isinstance(r[4], bool)))
+            and isinstance(r[5], list)
+            and all(isinstance(t, str) for t in r[5])
+            and isinstance(r[7], dict)
+        ):
+            raise ValueError("a job row has the wrong shape")
+        jobs.append(
+            JournalJob(
+                custom_id=r[0],
+                key=r[1],
+                namespace=r[2],
+                model=r[3],
+                ttl=r[4],
+                tags=tuple(r[5]),
+                no_store=bool(r[6]),
+                body=r[7],
+            )
         )
-        for r in rows
-    ]
+    return jobs
 
 
 class BatchJournal(Protocol):
@@ -206,6 +313,56 @@ class BatchJournal(Protocol):
 
 
 class _JournalBase:
+    #: The records that the last :meth:`records` (and any ``get`` or ``jobs`` since) could
+    #: not read, and skipped; each is also logged. ``haikucache batches list`` reports them.
+    corrupt: list[CorruptRecord]
+
+    def __init__(self) -> None:
+        self.corrupt = []
+        self._reported: set[CorruptRecord] = set()
+
+    def _damaged(self, token: str | None, what: str, exc: BaseException) -> None:
+        """Note a record that cannot be read (logged once per record and fault)."""
+        damage = CorruptRecord(token, f"{what}: {type(exc).__name__}: {exc}")
+        if damage not in self.corrupt:
+            self.corrupt.append(damage)
+        if damage in self._reported:
+            logger.debug("haikucache: %r: %s is still unreadable", self, damage)
+            return
+        self._reported.add(damage)
+        logger.warning(
+            "haikucache: %r: skipped the unreadable record of batch %s (%s); the other "
+            "batches are listed and resumed",
+            self,
+            token if token is not None else "<unknown>",
+            damage.error,
+        )
+
+    def _read(self, token: str, raw: Any) -> JournalRecord | None:
+        """The record stored as ``raw`` under ``token``; ``None`` if absent or unreadable."""
+        if raw is None:
+            return None
+        try:
+            record = JournalRecord.from_json(raw)
+            if record.token != token:
+                raise ValueError(f"the record of {record.token!r} is filed under {token!r}")
+        except ValueError as exc:
+            self._damaged(token, "record", exc)
+            return None
+        return record
+
+    def _jobs(self, token: str, blob: Any) -> list[JournalJob]:
+        """The job rows stored as ``blob``; none if absent or unreadable."""
+        if not blob:
+            return []
+        try:
+            if not isinstance(blob, bytes):
+                raise ValueError(f"job rows are bytes, not a {type(blob).__name__}")
+            return decode_jobs(blob)
+        except ValueError as exc:
+            self._damaged(token, "job rows", exc)
+            return []
+
     def find(self, batch_id: str) -> JournalRecord | None:
         for record in self.records():
             if batch_id in (record.batch_id, record.token):
@@ -228,6 +385,7 @@ class MemoryBatchJournal(_JournalBase):
     """A journal that lives as long as the process (nothing to resume after a crash)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._records: dict[str, JournalRecord] = {}
         self._rows: dict[str, bytes] = {}
         self._lock = threading.Lock()
@@ -267,65 +425,96 @@ class MemoryBatchJournal(_JournalBase):
 class DiskBatchJournal(_JournalBase):
     """A journal on local disk (``diskcache``/SQLite), shared by every process of the user.
 
+    A directory that cannot be used (a file in the way, a read-only file system, a corrupt
+    database) is logged once, and the journal keeps its batches in memory for the life of
+    the object: batches still run, but cannot be resumed after a crash.
+
     Args:
-        directory: default ``default_cache_dir() / "batches"``; created 0700, files 0600.
+        directory: default ``default_cache_dir() / "batches"``; a directory it creates is
+            0700 and a file it creates 0600 (one that exists keeps its mode).
         timeout: seconds to wait for SQLite's write lock.
+        strict: raise :class:`~haikucache.CacheStoreError` when the directory cannot be
+            used, instead of keeping batches in memory.
     """
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None, *, timeout: float = 30.0):
-        import diskcache
-
-        path = Path(directory) if directory is not None else default_cache_dir() / "batches"
-        self.directory = make_private_dir(path)
-        try:
-            # SQLite creates its -wal/-shm files with the database file's mode.
-            fd = os.open(self.directory / "cache.db", os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
-            self._cache = diskcache.Cache(
-                str(self.directory),
-                timeout=timeout,
-                # Every value stays inside SQLite (value files would follow the umask).
-                disk_min_file_size=2**31 - 1,
-                size_limit=2**40,
-                cull_limit=0,
-                statistics=False,
-            )
-        except OSError as exc:
-            raise ConfigurationError(f"cannot open a batch journal at {path}: {exc}") from exc
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float = 30.0,
+        strict: bool = False,
+    ) -> None:
+        super().__init__()
+        self.directory, self._cache = open_cache(
+            directory,
+            "batches",
+            what="the batch journal",
+            degraded="batches are journaled in memory only, and cannot be resumed after a crash",
+            strict=strict,
+            plain_pickles=True,
+            timeout=timeout,
+            # Every value stays inside SQLite (value files would follow the umask).
+            disk_min_file_size=2**31 - 1,
+            size_limit=2**40,
+            cull_limit=0,
+            statistics=False,
+        )
+        self._memory = MemoryBatchJournal() if self._cache is None else None
 
     def __repr__(self) -> str:
         return f"DiskBatchJournal({str(self.directory)!r})"
 
+    @property
+    def persistent(self) -> bool:
+        """Whether records reach the disk (``False``: the directory could not be used, and
+        this journal keeps its batches in memory)."""
+        return self._memory is None
+
     def begin(self, record: JournalRecord, rows: bytes) -> None:
+        if self._memory is not None:
+            return self._memory.begin(record, rows)
         with self._cache.transact():
             self._cache.set(("rows", record.token), rows)
             self._cache.set(("batch", record.token), json.dumps(record.to_dict()))
 
     def update(self, record: JournalRecord) -> None:
+        if self._memory is not None:
+            return self._memory.update(record)
         with self._cache.transact():
             self._cache.set(("batch", record.token), json.dumps(record.to_dict()))
             if not record.is_open:
                 self._cache.delete(("rows", record.token))
 
     def get(self, token: str) -> JournalRecord | None:
-        raw = self._cache.get(("batch", token))
-        return JournalRecord.from_dict(json.loads(raw)) if raw else None
+        if self._memory is not None:
+            return self._memory.get(token)
+        return self._read(token, self._cache.get(("batch", token)))
 
     def jobs(self, token: str) -> list[JournalJob]:
-        blob = self._cache.get(("rows", token))
-        return decode_jobs(blob) if blob else []
+        if self._memory is not None:
+            return self._memory.jobs(token)
+        return self._jobs(token, self._cache.get(("rows", token)))
 
     def records(self) -> list[JournalRecord]:
+        if self._memory is not None:
+            return self._memory.records()
+        self.corrupt = []
         out = []
         for key in self._cache.iterkeys():
-            if isinstance(key, tuple) and key[0] == "batch":
-                raw = self._cache.get(key)
-                if raw:
-                    out.append(JournalRecord.from_dict(json.loads(raw)))
+            if isinstance(key, UnreadableKey):
+                self._damaged(None, "key", key.error)
+            elif isinstance(key, tuple) and len(key) == 2 and key[0] == "batch":
+                if not isinstance(key[1], str):
+                    self._damaged(None, "key", ValueError(f"token {key[1]!r} is not a string"))
+                    continue
+                record = self._read(key[1], self._cache.get(key))
+                if record is not None:
+                    out.append(record)
         return _sorted(iter(out))
 
     def close(self) -> None:
-        self._cache.close()
+        if self._cache is not None:
+            self._cache.close()
 
 
 class RedisBatchJournal(_JournalBase):
@@ -335,14 +524,22 @@ class RedisBatchJournal(_JournalBase):
         url: a ``redis://`` URL.
         prefix: prepended to every key (default ``hc:``, as :class:`~haikucache.RedisStore`).
         client: a ready ``redis.Redis`` (not closed by :meth:`close`).
+        socket_timeout: seconds before a Redis operation fails (a paused or unreachable
+            server fails the journal write, never hangs the batcher).
 
     Raises:
         MissingDependencyError: the ``redis`` package is not installed.
     """
 
     def __init__(
-        self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "hc:", client: Any = None
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "hc:",
+        client: Any = None,
+        socket_timeout: float = 5.0,
     ) -> None:
+        super().__init__()
         try:
             import redis
         except ImportError as exc:
@@ -351,7 +548,13 @@ class RedisBatchJournal(_JournalBase):
         self.prefix = prefix
         self._owns = client is None
         try:
-            self._redis: Any = client if client is not None else redis.Redis.from_url(url)
+            self._redis: Any = (
+                client
+                if client is not None
+                else redis.Redis.from_url(
+                    url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+                )
+            )
         except ValueError as exc:
             raise ConfigurationError(f"invalid Redis URL {url!r}: {exc}") from exc
 
@@ -375,15 +578,17 @@ class RedisBatchJournal(_JournalBase):
         pipe.execute()
 
     def get(self, token: str) -> JournalRecord | None:
-        raw = self._redis.hget(self._k(token), "r")
-        return JournalRecord.from_dict(json.loads(raw)) if raw else None
+        return self._read(token, self._redis.hget(self._k(token), "r"))
 
     def jobs(self, token: str) -> list[JournalJob]:
-        blob = self._redis.hget(self._k(token), "j")
-        return decode_jobs(blob) if blob else []
+        return self._jobs(token, self._redis.hget(self._k(token), "j"))
 
     def records(self) -> list[JournalRecord]:
-        tokens = sorted(t.decode() for t in self._redis.smembers(f"{self.prefix}batches"))
+        self.corrupt = []
+        tokens = sorted(
+            t.decode("utf-8", "backslashreplace")
+            for t in self._redis.smembers(f"{self.prefix}batches")
+        )
         out = []
         for token in tokens:
             record = self.get(token)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -222,11 +223,43 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 # --------------------------------------------------------------------------- emulator
 
 
-def _cmd_emulator(args: argparse.Namespace, out: TextIO) -> int:
-    from .testing import run_server
+#: Comma-separated keys the emulator accepts, added to ``--api-key``.
+EMULATOR_KEYS_ENV = "HAIKUCACHE_EMULATOR_API_KEYS"
 
-    run_server(args.host, args.port, seed=args.seed)
+
+def _cmd_emulator(args: argparse.Namespace, out: TextIO) -> int:
+    from .testing import Emulator, run_server
+
+    env_keys = os.environ.get(EMULATOR_KEYS_ENV, "").split(",")
+    keys = [k.strip() for k in [*args.api_key, *env_keys] if k.strip()]
+    emulator = Emulator(
+        seed=args.seed,
+        batch_processing_seconds=args.batch_duration,
+        api_keys=keys or None,
+        extra_models=args.model,
+    )
+    if args.fault_rate > 0:
+        emulator.inject("transient", times=None, rate=args.fault_rate)
+    if args.latency > 0:
+        emulator.inject("latency", times=None, endpoint="*", seconds=args.latency / 1000)
+    run_server(args.host, args.port, emulator=emulator)
     return EXIT_OK
+
+
+def _number_type(low: float, high: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type`` for a float in ``[low, high]``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {text}")
+        return value
+
+    return parse
 
 
 # --------------------------------------------------------------------------- explain
@@ -362,10 +395,25 @@ def _cmd_batches_list(args: argparse.Namespace, out: TextIO) -> int:
     records = journal.records()
     if args.open:
         records = [r for r in records if r.is_open]
+    # Records that cannot be read are skipped (healthy batches are still listed and resumed)
+    # and reported, never silently dropped.
+    corrupt = list(getattr(journal, "corrupt", ()))
     if args.json:
-        json.dump({"batches": [r.to_dict() for r in records]}, out, indent=2)
+        json.dump(
+            {
+                "batches": [r.to_dict() for r in records],
+                "corrupt": [{"token": c.token, "error": c.error} for c in corrupt],
+            },
+            out,
+            indent=2,
+        )
         print(file=out)
         return EXIT_OK
+    for bad in corrupt:
+        print(
+            f"warning: skipped an unreadable journal record {bad.token or '(unknown)'}: {bad.error}",
+            file=out,
+        )
     if not records:
         print(f"No batches in the journal {journal!r}.", file=out)
         return EXIT_OK
@@ -547,8 +595,46 @@ def _parser() -> argparse.ArgumentParser:
         "count_tokens, batches) for SDKs, LangChain or curl.",
     )
     emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=8765)
-    emulator.add_argument("--seed", type=int, default=0)
+    emulator.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    emulator.add_argument(
+        "--seed", type=int, default=0, help="seeds answers, ids and the injected faults"
+    )
+    emulator.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help=f"accept only this key (x-api-key or Bearer); repeatable, and ${EMULATOR_KEYS_ENV} "
+        "(comma-separated) adds more; without any, every non-empty key is accepted",
+    )
+    emulator.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="accept this model id besides the API's (e.g. a gateway's name); repeatable",
+    )
+    emulator.add_argument(
+        "--fault-rate",
+        type=_number_type(0.0, 1.0),
+        default=0.0,
+        metavar="P",
+        help="probability that a /v1/messages request gets a 529, 500 or 429 (default 0)",
+    )
+    emulator.add_argument(
+        "--latency",
+        type=_number_type(0.0),
+        default=0.0,
+        metavar="MS",
+        help="milliseconds added before the first byte of every answer (default 0)",
+    )
+    emulator.add_argument(
+        "--batch-duration",
+        type=_number_type(0.0),
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a Message Batch takes to end (default 60)",
+    )
 
     explain = sub.add_parser(
         "explain",

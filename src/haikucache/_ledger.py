@@ -18,6 +18,7 @@ user) so ``haikucache report`` sees every run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
@@ -37,7 +38,8 @@ from ._catalog import (
     lookup_model,
 )
 from ._clock import Clock, SystemClock
-from ._exceptions import ConfigurationError
+from ._exceptions import CacheStoreError, ConfigurationError
+from ._paths import PickledDataError, UnreadableKey, default_cache_dir, open_cache
 
 __all__ = [
     "SAVING_CAUSES",
@@ -337,73 +339,146 @@ class MemoryLedger(_BucketLedger):
             self._entries.clear()
 
 
-def default_cache_dir() -> Path:
-    """``$HAIKUCACHE_HOME``, else ``$XDG_CACHE_HOME/haikucache``, else ``~/.cache/haikucache``."""
-    home = os.environ.get("HAIKUCACHE_HOME")
-    if home:
-        return Path(home).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "haikucache"
-
-
-def make_private_dir(path: Path) -> Path:
-    """Create ``path`` readable by the user only (cache files may hold prompts and answers)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        path.chmod(0o700)
-    except OSError as exc:  # e.g. a directory owned by someone else
-        raise ConfigurationError(f"cannot make {path} private to the user: {exc}") from exc
-    return path
-
-
 class _PendingTotals:
-    """Ledger entries summed in memory until they are written in one transaction."""
+    """Ledger entries summed in memory until they are written in one transaction.
 
-    def __init__(self, cache: Any, directory: Path) -> None:
+    A write that fails (a full disk, a locked database) keeps its entries here, to be
+    written with the next flush; so does a ledger whose directory cannot be used at all
+    (``cache`` is ``None``), for good. At most ``most_buckets`` (namespace, model, day)
+    buckets wait: a call for yet another one is counted in :attr:`dropped` instead.
+    """
+
+    def __init__(self, cache: Any, directory: Path, *, strict: bool, most_buckets: int) -> None:
         self.cache = cache
         self.directory = directory
+        self.strict = strict
+        self.most_buckets = most_buckets
         self.lock = threading.Lock()
+        # Held while pending totals are written, and while totals are read, so that a
+        # reader never sees entries that are neither pending nor written.
+        self.write_lock = threading.Lock()
         self.buckets: dict[tuple[str, str, str], LedgerTotals] = {}
         self.count = 0
         self.flushed_at = time.monotonic()
+        self.dropped = 0
+        self.failing = False
 
     def add(self, entry: LedgerEntry, *, most: int, every: float) -> bool:
         """Add ``entry``; whether it is time to write."""
         key = (entry.namespace, entry.model, entry.day)
+        first = False
         with self.lock:
             bucket = self.buckets.get(key)
             if bucket is None:
-                bucket = self.buckets[key] = LedgerTotals(*key)
-            bucket.add(entry)
-            self.count += 1
-            return self.count >= most or time.monotonic() - self.flushed_at >= every
+                if len(self.buckets) >= self.most_buckets:
+                    self.dropped += 1
+                    first = self.dropped == 1
+                else:
+                    bucket = self.buckets[key] = LedgerTotals(*key)
+            if bucket is not None:
+                bucket.add(entry)
+                self.count += 1
+            due = self.cache is not None and (
+                self.count >= most or time.monotonic() - self.flushed_at >= every
+            )
+        if bucket is None and first:
+            logger.warning(
+                "haikucache: the ledger at %s holds %d unwritten buckets; calls for new ones "
+                "are not accounted until it can write again",
+                self.directory,
+                self.most_buckets,
+            )
+        return due
 
     def drop(self) -> None:
         with self.lock:
             self.buckets = {}
             self.count = 0
 
-    def flush(self) -> None:
+    def pending(self) -> list[LedgerTotals]:
+        """Copies of the buckets not written yet."""
         with self.lock:
-            pending, self.buckets = self.buckets, {}
-            self.count = 0
-            self.flushed_at = time.monotonic()
-        if not pending:
+            return [LedgerTotals.from_dict(b.to_dict()) for b in self.buckets.values()]
+
+    def flush(self) -> None:
+        if self.cache is None:
             return
+        with self.write_lock:
+            with self.lock:
+                pending, self.buckets = self.buckets, {}
+                self.count = 0
+                self.flushed_at = time.monotonic()
+            if not pending:
+                return
+            try:
+                self._write(pending)
+            except Exception as exc:  # a ledger failure must never fail the LLM call
+                self._keep(pending)
+                self._failed(exc)
+            else:
+                if self.failing:
+                    self.failing = False
+                    logger.info("haikucache: the ledger at %s is written again", self.directory)
+
+    def _write(self, pending: dict[tuple[str, str, str], LedgerTotals]) -> None:
         try:
             with self.cache.transact():
                 for (namespace, model, day), delta in pending.items():
                     key = ("totals", namespace, model, day)
-                    data = self.cache.get(key)
-                    bucket = (
-                        LedgerTotals.from_dict(data)
-                        if data
-                        else LedgerTotals(namespace, model, day)
-                    )
+                    try:
+                        data = self.cache.get(key)
+                        bucket = (
+                            LedgerTotals(namespace, model, day)
+                            if data is None
+                            else _stored_bucket(data)
+                        )
+                    except (PickledDataError, TypeError, ValueError) as exc:
+                        # Damaged, or not ours: replaced, rather than blocking every write.
+                        logger.warning(
+                            "haikucache: replaced an unreadable ledger row at %s (%s)",
+                            self.directory,
+                            exc,
+                        )
+                        bucket = LedgerTotals(namespace, model, day)
                     bucket.merge(delta)
                     self.cache.set(key, bucket.to_dict())
-        except Exception as exc:  # a ledger failure must never fail the LLM call
-            logger.warning("haikucache: could not write the ledger at %s: %s", self.directory, exc)
+        except BaseException:
+            # SQLite rolls back a transaction whose COMMIT failed on a full disk; should one
+            # ever be left open, every later write would fail: end it. (Reopening the
+            # connection instead would need a write of its own, and the disk is full.)
+            with contextlib.suppress(Exception):
+                con = self.cache._con  # diskcache's connection of this thread
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+            raise
+
+    def _keep(self, pending: dict[tuple[str, str, str], LedgerTotals]) -> None:
+        """Put entries that could not be written back, merged with those added since."""
+        with self.lock:
+            for key, delta in pending.items():
+                newer = self.buckets.get(key)
+                if newer is not None:
+                    delta.merge(newer)
+                self.buckets[key] = delta
+            # Retried with the next flush: after flush_interval or flush_entries more calls,
+            # not on every call while the disk stays full.
+            self.count = 0
+            self.flushed_at = time.monotonic()
+
+    def _failed(self, exc: Exception) -> None:
+        if self.strict:
+            raise CacheStoreError(f"could not write the ledger at {self.directory}: {exc}") from exc
+        if not self.failing:
+            self.failing = True
+            logger.warning(
+                "haikucache: could not write the ledger at %s (%s: %s); its entries are kept "
+                "in memory and written with the next flush",
+                self.directory,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            logger.debug("haikucache: the ledger at %s failed again: %r", self.directory, exc)
 
 
 class DiskLedger(_BucketLedger):
@@ -415,12 +490,24 @@ class DiskLedger(_BucketLedger):
     than a response-cache hit itself. A process killed outright loses at most that much
     accounting, never an answer.
 
+    A ledger failure never fails a call. A write that fails (a full disk, a database locked
+    for longer than ``timeout``) keeps its entries in memory for the next flush, and
+    :meth:`totals` still counts them. A directory that cannot be used at all (a file in the
+    way, a read-only file system, a corrupt database) is logged once, and the ledger counts
+    in memory for the life of the object.
+
     Args:
         directory: where to keep it (default: ``default_cache_dir() / "ledger"``); created
             private to the user.
         flush_interval: most seconds an entry waits in memory (``0``: write every entry).
         flush_entries: most entries that wait in memory.
+        timeout: seconds a write waits for SQLite's lock before it is retried later.
+        strict: raise :class:`~haikucache.CacheStoreError` when the directory cannot be used
+            or a write fails, instead of counting in memory (for tests).
     """
+
+    #: Most (namespace, model, day) buckets kept in memory while the ledger cannot write.
+    MAX_PENDING_BUCKETS = 10_000
 
     def __init__(
         self,
@@ -428,9 +515,9 @@ class DiskLedger(_BucketLedger):
         *,
         flush_interval: float = 1.0,
         flush_entries: int = 1_000,
+        timeout: float = 1.0,
+        strict: bool = False,
     ) -> None:
-        import diskcache
-
         if (
             isinstance(flush_interval, bool)
             or not isinstance(flush_interval, (int, float))
@@ -443,20 +530,40 @@ class DiskLedger(_BucketLedger):
             or flush_entries < 1
         ):
             raise ConfigurationError("flush_entries must be a positive integer")
-        path = Path(directory) if directory is not None else default_cache_dir() / "ledger"
-        self.directory = make_private_dir(path)
-        old_umask = os.umask(0o077)
-        try:
-            self._cache = diskcache.Cache(str(self.directory))
-        finally:
-            os.umask(old_umask)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigurationError("timeout must be a positive number of seconds")
+        self.directory, self._cache = open_cache(
+            directory,
+            "ledger",
+            what="the ledger",
+            degraded="calls are accounted in memory only, for this process",
+            strict=strict,
+            plain_pickles=True,
+            timeout=timeout,
+            # Every value stays inside SQLite (value files would follow the umask).
+            disk_min_file_size=2**30,
+            statistics=False,
+        )
+        self.strict = bool(strict)
         self._warned_models = set()
+        self._warned_unreadable = False
         self.flush_interval = float(flush_interval)
         self.flush_entries = flush_entries
-        self._pending = _PendingTotals(self._cache, self.directory)
+        self._pending = _PendingTotals(
+            self._cache, self.directory, strict=self.strict, most_buckets=self.MAX_PENDING_BUCKETS
+        )
         # Written when the ledger is collected or at exit, whichever comes first (the
         # finalizer holds the pending totals, not the ledger).
-        self._finalizer = weakref.finalize(self, self._pending.flush)
+        self._finalizer = weakref.finalize(self, _flush_quietly, self._pending)
+
+    def __repr__(self) -> str:
+        return f"DiskLedger({str(self.directory)!r})"
+
+    @property
+    def persistent(self) -> bool:
+        """Whether entries reach the disk (``False``: the directory could not be used, and
+        this ledger counts in memory only)."""
+        return self._cache is not None
 
     def record(self, entry: LedgerEntry) -> None:
         self._warn_unpriced(entry)
@@ -464,26 +571,104 @@ class DiskLedger(_BucketLedger):
             self._pending.flush()
 
     def flush(self) -> None:
-        """Write the entries summed in memory now."""
+        """Write the entries summed in memory now (those that fail stay for the next try)."""
         self._pending.flush()
 
     def totals(self) -> list[LedgerTotals]:
         self._pending.flush()
+        buckets: dict[tuple[str, str, str], LedgerTotals] = {}
+        with self._pending.write_lock:
+            for bucket in self._read():
+                buckets[(bucket.namespace, bucket.model, bucket.day)] = bucket
+            for delta in self._pending.pending():
+                key = (delta.namespace, delta.model, delta.day)
+                if key in buckets:
+                    buckets[key].merge(delta)
+                else:
+                    buckets[key] = delta
+        return sorted(buckets.values(), key=lambda b: (b.day, b.namespace, b.model))
+
+    def _read(self) -> list[LedgerTotals]:
+        if self._cache is None:
+            return []
         buckets = []
-        for key in self._cache.iterkeys():
-            if isinstance(key, tuple) and key and key[0] == "totals":
-                data = self._cache.get(key)
-                if data:
-                    buckets.append(LedgerTotals.from_dict(data))
-        return sorted(buckets, key=lambda b: (b.day, b.namespace, b.model))
+        unreadable = 0
+        try:
+            for key in self._cache.iterkeys():
+                if isinstance(key, UnreadableKey):
+                    unreadable += 1
+                elif isinstance(key, tuple) and len(key) == 4 and key[0] == "totals":
+                    try:
+                        data = self._cache.get(key)
+                        if data is None:  # removed since (another process cleared it)
+                            continue
+                        buckets.append(_stored_bucket(data))
+                    except (PickledDataError, TypeError, ValueError):
+                        unreadable += 1
+        except Exception as exc:
+            if self.strict:
+                raise CacheStoreError(
+                    f"could not read the ledger at {self.directory}: {exc}"
+                ) from exc
+            logger.warning(
+                "haikucache: could not read the ledger at %s (%s: %s); totals count this "
+                "process's unwritten entries only",
+                self.directory,
+                type(exc).__name__,
+                exc,
+            )
+            return []
+        if unreadable and not self._warned_unreadable:
+            self._warned_unreadable = True
+            logger.warning(
+                "haikucache: the ledger at %s holds %d unreadable rows (not written by "
+                "haikucache, or damaged); they are left out of the totals",
+                self.directory,
+                unreadable,
+            )
+        return buckets
 
     def clear(self) -> None:
         self._pending.drop()
-        self._cache.clear()
+        if self._cache is not None:
+            self._cache.clear()
 
     def close(self) -> None:
         self._pending.flush()
-        self._cache.close()
+        if self._cache is not None:
+            self._cache.close()
+
+
+def _stored_bucket(data: Any) -> LedgerTotals:
+    """A bucket as read from disk, checked: a damaged one must not break every report."""
+    if not isinstance(data, dict):
+        raise TypeError(f"a stored bucket is a dict, not a {type(data).__name__}")
+    bucket = LedgerTotals.from_dict(data)
+    for f in fields(bucket):
+        value = getattr(bucket, f.name)
+        if f.name in ("namespace", "model", "day"):
+            ok = isinstance(value, str)
+        elif f.name == "savings":
+            ok = isinstance(value, dict) and all(
+                isinstance(k, str) and _is_number(v) for k, v in value.items()
+            )
+        else:
+            ok = _is_number(value)
+        if not ok:
+            raise ValueError(f"field {f.name!r} of a stored bucket has the wrong type")
+    return bucket
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _flush_quietly(pending: _PendingTotals) -> None:
+    # At exit or collection: a strict ledger has nobody left to raise to.
+    try:
+        pending.flush()
+    except CacheStoreError as exc:
+        logger.warning("haikucache: %s", exc)
 
 
 def now_entry(

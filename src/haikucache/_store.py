@@ -23,9 +23,10 @@ Every store follows the same rules:
 * **No secrets.** An entry holds the API's message, its usage and its price; never headers
   or keys (namespaces are already hashes of the key).
 
-Besides entries, stores offer a lease lock (:meth:`ResponseStore.try_lock`) for cross-process
-single-flight, and an index of semantic partitions (:meth:`ResponseStore.iter_partition`,
-with an optional vector per entry) for the semantic cache.
+Besides entries, stores offer a lease lock (:meth:`ResponseStore.try_lock`, with ``renew``
+to extend a lease its holder still has) for cross-process single-flight, and an index of
+semantic partitions (:meth:`ResponseStore.iter_partition`, with an optional vector per entry)
+for the semantic cache.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 import xxhash
 
 from ._exceptions import CacheStoreError, ConfigurationError, MissingDependencyError
-from ._ledger import default_cache_dir, make_private_dir
+from ._paths import PickledDataError, create_private_file, open_cache
 from ._types import _copy_json
 
 __all__ = [
@@ -406,8 +407,14 @@ class ResponseStore(Protocol):
         ...
 
     def unlock(self, name: str, token: str) -> bool:
-        """Give the lease back; ``False`` if it had expired and been taken by someone else."""
+        """Give the lease back; ``False`` if it had expired and been taken by someone else
+        (or the store failed)."""
         ...
+
+    # Every haikucache store also has ``renew(name, token, *, ttl) -> bool`` (and its twin
+    # ``arenew``): extend a lease to ``ttl`` seconds from now, if ``token`` still holds it.
+    # It is optional for other stores: single-flight then takes its lease for its whole
+    # length at once.
 
     def clear(self) -> None:
         """Remove every entry."""
@@ -645,6 +652,8 @@ class _LocalAsyncMixin:
 
         def unlock(self, name: str, token: str) -> bool: ...
 
+        def renew(self, name: str, token: str, *, ttl: float) -> bool: ...
+
         def clear(self) -> None: ...
 
         def stats(self) -> StoreStats: ...
@@ -683,6 +692,10 @@ class _LocalAsyncMixin:
     async def aunlock(self, name: str, token: str) -> bool:
         """Coroutine twin of ``unlock``."""
         return self.unlock(name, token)
+
+    async def arenew(self, name: str, token: str, *, ttl: float) -> bool:
+        """Coroutine twin of ``renew``."""
+        return self.renew(name, token, ttl=ttl)
 
     async def aclear(self) -> None:
         """Coroutine twin of ``clear``."""
@@ -902,6 +915,18 @@ class MemoryStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStor
             del self._locks[name]
             return True
 
+    def renew(self, name: str, token: str, *, ttl: float) -> bool:
+        """Extend the lease ``name`` to ``ttl`` seconds from now, if ``token`` holds it."""
+        _check_ttl("ttl", ttl)
+        if token == NO_LOCK:
+            return True
+        with self._lock:
+            held = self._locks.get(name)
+            if held is None or held[0] != token:
+                return False
+            self._locks[name] = (token, time.monotonic() + ttl)
+            return True
+
     def clear(self) -> None:
         with self._lock:
             self._slots.clear()
@@ -939,13 +964,6 @@ _INDEX_SCHEMA = (
 )
 
 
-def _create_private_file(path: Path) -> None:
-    # SQLite creates its -wal and -shm files with the database file's mode, so a database
-    # file created 0600 keeps the whole store private without touching the process umask.
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    os.close(fd)
-
-
 class _SQLiteIndex:
     """Tags, partitions (with vectors) and leases, in an SQLite file beside the diskcache.
 
@@ -961,10 +979,14 @@ class _SQLiteIndex:
         self._connections: list[sqlite3.Connection] = []
         self._idle: list[sqlite3.Connection] = []
         self._pid = os.getpid()
-        _create_private_file(path)
-        with self.write() as con:
-            for statement in _INDEX_SCHEMA:
-                con.execute(statement)
+        create_private_file(path)
+        try:
+            with self.write() as con:
+                for statement in _INDEX_SCHEMA:
+                    con.execute(statement)
+        except BaseException:
+            self.close()
+            raise
 
     @contextmanager
     def _use(self) -> Iterator[sqlite3.Connection]:
@@ -1030,9 +1052,15 @@ class _SQLiteIndex:
 class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore):
     """A store on local disk (``diskcache``/SQLite), shared by every process of the user.
 
-    Entries live in a ``diskcache.Cache`` (values as raw bytes, never pickled; the namespace
-    in diskcache's indexed tag column); tags, partitions, vectors and leases in an SQLite
-    index beside it. The directory is created 0700 and every file 0600.
+    Entries live in a ``diskcache.Cache`` (values as raw bytes, never pickled, and never
+    unpickled: a pickled value found there is a corrupt entry; the namespace in diskcache's
+    indexed tag column); tags, partitions, vectors and leases in an SQLite index beside it.
+    A directory it creates is ``0700`` and every file it creates ``0600``; a directory that
+    exists keeps its mode.
+
+    A directory that cannot be used (a file in the way, a read-only file system, a corrupt
+    database) is logged once, and the store misses every lookup and stores nothing; with
+    ``strict=True`` it raises instead.
 
     Args:
         directory: where to keep it (default: ``default_cache_dir() / "responses"``).
@@ -1048,8 +1076,8 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
         settings: extra diskcache settings (e.g. ``{"sqlite_mmap_size": 2**28}``).
 
     Raises:
-        ConfigurationError: the directory cannot be created private to the user, or is not
-            a usable store.
+        ConfigurationError: invalid options.
+        CacheStoreError: ``strict`` is set and the directory cannot be used.
     """
 
     def __init__(
@@ -1064,8 +1092,6 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
         settings: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(strict=strict, default_ttl=default_ttl)
-        import diskcache
-
         if eviction_policy not in (
             "least-recently-stored",
             "least-recently-used",
@@ -1086,27 +1112,49 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
             "disk_min_file_size": 2**30,
             "statistics": False,
         }
-        clash = sorted(set(settings or {}) & {*options, "timeout"})
+        clash = sorted(set(settings or {}) & {*options, "timeout", "disk"})
         if clash:
             raise ConfigurationError(f"settings may not override {', '.join(clash)}")
-        path = Path(directory) if directory is not None else default_cache_dir() / "responses"
-        self.directory = make_private_dir(path)
         self.size_limit = size_limit
-        try:
-            _create_private_file(self.directory / "cache.db")
-            self._cache = diskcache.Cache(
-                str(self.directory), timeout=timeout, **options, **dict(settings or {})
-            )
-            self._index = _SQLiteIndex(self.directory / "index.db", timeout=timeout)
-        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-            raise ConfigurationError(f"cannot open a response store at {path}: {exc}") from exc
+        index: list[_SQLiteIndex] = []
+
+        def open_index(path: Path) -> None:
+            index.append(_SQLiteIndex(path / "index.db", timeout=timeout))
+
+        self.directory, self._cache = open_cache(
+            directory,
+            "responses",
+            what="the response store",
+            degraded="every lookup is a miss and nothing is stored",
+            strict=self.strict,
+            prepare=open_index,
+            timeout=timeout,
+            **options,
+            **dict(settings or {}),
+        )
+        # None: the directory cannot be used, and every operation is a miss or a no-op.
+        self._index: _SQLiteIndex | None = index[0] if index else None
+        if self._index is None:
+            with self._counter_lock:
+                self._errors += 1
 
     def __repr__(self) -> str:
         return f"DiskStore({str(self.directory)!r})"
 
+    @property
+    def available(self) -> bool:
+        """Whether the directory could be opened (``False``: every lookup is a miss)."""
+        return self._index is not None
+
     def get(self, key: str, *, now: float) -> CacheEntry | None:
+        if self._index is None:
+            self._miss()
+            return None
         try:
             data = self._cache.get(key)
+        except PickledDataError as exc:  # never unpickled: a pickle could run code
+            self._failed_miss("read of a corrupt entry", exc)
+            return None
         except Exception as exc:  # a cache failure is a miss (diskcache Timeout, sqlite3 …)
             self._failed_miss("get", exc)
             return None
@@ -1124,25 +1172,37 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
         return entry
 
     def put(self, entry: CacheEntry, *, vector: bytes | None = None) -> bool:
+        index = self._index
+        if index is None:
+            return False
         data = self._encode_for_put(entry)
         if data is None:
             return False
-        lifetime = entry.lifetime
+        rows = self._index_rows(entry, vector)
         try:
-            self._cache.set(entry.key, data, expire=lifetime, tag=entry.namespace)
-            if entry.tags or entry.partition is not None:
-                self._index_entry(entry, vector)
+            # The entry's index rows go in before the entry, and the rows it no longer has
+            # go only after it is stored: an entry is never servable without the rows that
+            # invalidate(tag=...) finds it by. When the index cannot be written (locked for
+            # longer than `timeout`, even after SQLite's busy retries), nothing is stored.
+            stale = self._index_entry(index, entry, rows) if rows else None
+            self._cache.set(entry.key, data, expire=entry.lifetime, tag=entry.namespace)
         except Exception as exc:  # e.g. sqlite3 "database or disk is full": the call goes on
             self._failed("put", exc)
             return False
         self._succeeded("put")
+        if stale is not None:
+            try:
+                self._unindex_stale(index, entry.key, rows, stale)
+            except Exception as exc:  # rows of an older entry left behind: harmless
+                self._failed("index cleanup", exc)
         try:
-            self._cull(entry.created_at)
+            self._cull(index, entry.created_at)
         except Exception as exc:  # stored, but over the size limit until the next put
             self._failed("eviction", exc)
         return True
 
-    def _index_entry(self, entry: CacheEntry, vector: bytes | None) -> None:
+    @staticmethod
+    def _index_rows(entry: CacheEntry, vector: bytes | None) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = [
             ("t:" + tag, entry.key, entry.expires_at, entry.created_at, None, None)
             for tag in entry.tags
@@ -1158,16 +1218,44 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
                     vector,
                 )
             )
-        with self._index.write() as con:
-            con.execute("DELETE FROM members WHERE key = ?", (entry.key,))
-            con.execute("DELETE FROM plog WHERE key = ?", (entry.key,))
+        return rows
+
+    @staticmethod
+    def _index_entry(
+        index: _SQLiteIndex, entry: CacheEntry, rows: list[tuple[Any, ...]]
+    ) -> int | None:
+        """Add the entry's rows; the log sequence to clean up below, or ``None`` if the key
+        has no rows but these."""
+        groups = [row[0] for row in rows]
+        marks = ",".join("?" * len(groups))
+        with index.write() as con:
             con.executemany("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?)", rows)
+            seq = 0
             if entry.partition is not None:
-                con.execute(
+                cursor = con.execute(
                     "INSERT INTO plog (grp, key) VALUES (?, ?)", ("p:" + entry.partition, entry.key)
                 )
+                seq = int(cursor.lastrowid or 0)
+            ((stale,),) = con.execute(
+                f"SELECT EXISTS (SELECT 1 FROM members WHERE key = ? AND grp NOT IN ({marks}))"
+                " OR EXISTS (SELECT 1 FROM plog WHERE key = ? AND seq <> ?)",
+                (entry.key, *groups, entry.key, seq),
+            ).fetchall()
+        return seq if stale else None
 
-    def _cull(self, now: float) -> None:
+    @staticmethod
+    def _unindex_stale(
+        index: _SQLiteIndex, key: str, rows: list[tuple[Any, ...]], seq: int
+    ) -> None:
+        groups = [row[0] for row in rows]
+        marks = ",".join("?" * len(groups))
+        with index.write() as con:
+            con.execute(
+                f"DELETE FROM members WHERE key = ? AND grp NOT IN ({marks})", (key, *groups)
+            )
+            con.execute("DELETE FROM plog WHERE key = ? AND seq <> ?", (key, seq))
+
+    def _cull(self, index: _SQLiteIndex, now: float) -> None:
         if self._cache.volume() <= self.size_limit:
             return
         self._cache.expire()
@@ -1175,15 +1263,13 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
         self._evicted(evicted)
         # The index cannot see diskcache's evictions; sweep its expired rows and its oldest
         # rows (the oldest entries are the ones evicted first) whose entry is gone.
-        self._index.execute(
-            "DELETE FROM members WHERE expires IS NOT NULL AND expires <= ?", (now,)
-        )
-        rows = self._index.read(
+        index.execute("DELETE FROM members WHERE expires IS NOT NULL AND expires <= ?", (now,))
+        rows = index.read(
             "SELECT grp, key FROM members ORDER BY added LIMIT ?", (2 * evicted + 16,)
         )
         gone = [(grp, key) for grp, key in rows if key not in self._cache]
         if gone:
-            with self._index.write() as con:
+            with index.write() as con:
                 con.executemany("DELETE FROM members WHERE grp = ? AND key = ?", gone)
                 con.executemany(
                     "DELETE FROM plog WHERE grp = ? AND key = ?",
@@ -1191,6 +1277,8 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
                 )
 
     def delete(self, key: str) -> bool:
+        if self._index is None:
+            return False
         try:
             removed = bool(self._cache.delete(key))
             with self._index.write() as con:
@@ -1201,10 +1289,25 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
             return False
         return removed
 
+    def _stored_entry(self, key: str) -> tuple[bool, CacheEntry | None]:
+        """Whether something is stored under ``key``, and the entry if it is readable."""
+        try:
+            data = self._cache.get(key)
+        except PickledDataError:
+            return True, None
+        if data is None:
+            return False, None
+        try:
+            return True, None if type(data) is not bytes else decode_entry(data, key=key)
+        except ValueError:
+            return True, None
+
     def invalidate(
         self, *, key: str | None = None, tag: str | None = None, namespace: str | None = None
     ) -> int:
         _check_filters(key, tag, namespace)
+        if self._index is None:
+            return 0
         try:
             if key is None and tag is None:
                 # diskcache's tag column holds the namespace: one indexed DELETE.
@@ -1219,16 +1322,11 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
             for candidate in candidates:
                 # Check what is stored now: a key may have been stored again without the tag.
                 with self._cache.transact():
-                    data = self._cache.get(candidate)
-                    try:
-                        entry = (
-                            None if type(data) is not bytes else decode_entry(data, key=candidate)
-                        )
-                    except ValueError:
-                        entry = None  # corrupt: remove it too
-                    if data is None:
+                    present, entry = self._stored_entry(candidate)
+                    if not present:
                         forget.append(candidate)
                     elif entry is None or _matches(entry, tag, namespace):
+                        # (An unreadable entry is removed too.)
                         removed += bool(self._cache.delete(candidate))
                         forget.append(candidate)
                     elif tag is not None and tag not in entry.tags:
@@ -1249,6 +1347,8 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
             return 0
 
     def iter_partition(self, partition: str, *, now: float) -> Iterator[PartitionMember]:
+        if self._index is None:
+            return iter(())
         try:
             rows = self._index.read(
                 "SELECT key, text, vector, expires FROM members"
@@ -1265,6 +1365,8 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
     def partition_since(
         self, partition: str, cursor: str | None, *, now: float
     ) -> tuple[list[PartitionMember], str]:
+        if self._index is None:
+            return [], "0" if cursor is None else cursor
         grp = "p:" + partition
         try:
             if cursor is None:
@@ -1290,6 +1392,8 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
 
     def try_lock(self, name: str, *, ttl: float) -> str | None:
         _check_ttl("ttl", ttl)
+        if self._index is None:
+            return NO_LOCK
         token = _new_token()
         clock = time.time()  # leases are shared across processes: wall time
         try:
@@ -1305,7 +1409,7 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
         return token if taken == 1 else None
 
     def unlock(self, name: str, token: str) -> bool:
-        if token == NO_LOCK:
+        if token == NO_LOCK or self._index is None:
             return True
         try:
             return (
@@ -1316,7 +1420,26 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
             self._failed("unlock", exc)
             return False
 
+    def renew(self, name: str, token: str, *, ttl: float) -> bool:
+        """Extend the lease ``name`` to ``ttl`` seconds from now, if ``token`` holds it."""
+        _check_ttl("ttl", ttl)
+        if token == NO_LOCK or self._index is None:
+            return True
+        try:
+            return (
+                self._index.execute(
+                    "UPDATE locks SET expires = ? WHERE name = ? AND token = ?",
+                    (time.time() + ttl, name, token),
+                )
+                == 1
+            )
+        except Exception as exc:
+            self._failed("lease renewal", exc)
+            return False
+
     def clear(self) -> None:
+        if self._index is None:
+            return
         try:
             self._cache.clear()
             self._index.execute("DELETE FROM members")
@@ -1325,6 +1448,8 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
             self._failed("clear", exc)
 
     def stats(self) -> StoreStats:
+        if self._index is None:
+            return self._counters(0, 0)
         try:
             entries, size = len(self._cache), int(self._cache.volume())
         except Exception as exc:
@@ -1334,6 +1459,8 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
 
     def close(self) -> None:
         """Close this thread's diskcache connection and every index connection."""
+        if self._index is None:
+            return
         self._cache.close()
         self._index.close()
 
@@ -1388,6 +1515,11 @@ return 1
 
 _UNLOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -1477,10 +1609,11 @@ class RedisStore(_BaseStore, ResponseStore, AsyncResponseStore):
         self._get_script = self._client.register_script(_GET_LUA)
         self._put_script = self._client.register_script(_PUT_LUA)
         self._unlock_script = self._client.register_script(_UNLOCK_LUA)
+        self._renew_script = self._client.register_script(_RENEW_LUA)
         self._owns_aclient = async_client is None
         self._aclient: Any = async_client
         self._aloop: asyncio.AbstractEventLoop | None = None
-        self._ascripts: tuple[Any, Any, Any] | None = None
+        self._ascripts: tuple[Any, Any, Any, Any] | None = None
         self._down_until = 0.0
 
     def __repr__(self) -> str:
@@ -1747,6 +1880,24 @@ class RedisStore(_BaseStore, ResponseStore, AsyncResponseStore):
             self._error("unlock", exc)
             return False
 
+    def renew(self, name: str, token: str, *, ttl: float) -> bool:
+        """Extend the lease ``name`` to ``ttl`` seconds from now, if ``token`` holds it."""
+        _check_ttl("ttl", ttl)
+        if token == NO_LOCK:
+            return True
+        if self._skipping():
+            return False
+        try:
+            return bool(
+                self._renew_script(
+                    keys=[f"{self.prefix}lock:{name}"],
+                    args=[token, max(1, math.ceil(ttl * 1000))],
+                )
+            )
+        except Exception as exc:
+            self._error("lease renewal", exc)
+            return False
+
     def clear(self) -> None:
         if self._skipping():
             return
@@ -1798,7 +1949,7 @@ class RedisStore(_BaseStore, ResponseStore, AsyncResponseStore):
 
     # -- async
 
-    async def _aredis(self) -> tuple[Any, tuple[Any, Any, Any]]:
+    async def _aredis(self) -> tuple[Any, tuple[Any, Any, Any, Any]]:
         loop = asyncio.get_running_loop()
         if self._aclient is None or (self._owns_aclient and self._aloop is not loop):
             import redis.asyncio
@@ -1817,6 +1968,7 @@ class RedisStore(_BaseStore, ResponseStore, AsyncResponseStore):
                 self._aclient.register_script(_GET_LUA),
                 self._aclient.register_script(_PUT_LUA),
                 self._aclient.register_script(_UNLOCK_LUA),
+                self._aclient.register_script(_RENEW_LUA),
             )
         return self._aclient, self._ascripts
 
@@ -1826,7 +1978,7 @@ class RedisStore(_BaseStore, ResponseStore, AsyncResponseStore):
             self._miss()
             return None
         try:
-            client, (get_script, _, _) = await self._aredis()
+            client, (get_script, _, _, _) = await self._aredis()
             raw = await get_script(keys=[self._ek(key)])
         except Exception as exc:
             if not self._is_oom(exc):
@@ -1848,7 +2000,7 @@ class RedisStore(_BaseStore, ResponseStore, AsyncResponseStore):
         if args is None:
             return False
         try:
-            _, (_, put_script, _) = await self._aredis()
+            _, (_, put_script, _, _) = await self._aredis()
             await put_script(keys=[self._ek(entry.key), *self._index_keys(entry)], args=args)
         except Exception as exc:
             self._error("put", exc)
@@ -1942,10 +2094,29 @@ class RedisStore(_BaseStore, ResponseStore, AsyncResponseStore):
         if token == NO_LOCK:
             return True
         try:
-            _, (_, _, unlock_script) = await self._aredis()
+            _, (_, _, unlock_script, _) = await self._aredis()
             return bool(await unlock_script(keys=[f"{self.prefix}lock:{name}"], args=[token]))
         except Exception as exc:
             self._error("unlock", exc)
+            return False
+
+    async def arenew(self, name: str, token: str, *, ttl: float) -> bool:
+        """Coroutine twin of :meth:`renew`."""
+        _check_ttl("ttl", ttl)
+        if token == NO_LOCK:
+            return True
+        if self._skipping():
+            return False
+        try:
+            _, (_, _, _, renew_script) = await self._aredis()
+            return bool(
+                await renew_script(
+                    keys=[f"{self.prefix}lock:{name}"],
+                    args=[token, max(1, math.ceil(ttl * 1000))],
+                )
+            )
+        except Exception as exc:
+            self._error("lease renewal", exc)
             return False
 
     async def aclear(self) -> None:
