@@ -137,3 +137,63 @@ def test_bad_inject_arguments() -> None:
         emu.inject("meteor")
     with pytest.raises(ValueError, match="status"):
         emu.inject("status")
+
+
+def statuses(emu: Emulator, n: int) -> list[int]:
+    headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+    with httpx.Client(transport=emu.transport(), base_url="http://e", headers=headers) as c:
+        return [c.post("/v1/messages", json=HELLO).status_code for _ in range(n)]
+
+
+def test_transient_faults_are_529_500_or_429(client: httpx.Client, emu: Emulator) -> None:
+    fault = emu.inject("transient", times=30)
+    seen: dict[int, httpx.Response] = {}
+    for _ in range(30):
+        response = client.post("/v1/messages", json=HELLO)
+        seen.setdefault(response.status_code, response)
+    assert set(seen) == {429, 500, 529}
+    assert fault.hits == 30 and not fault.active
+    assert seen[529].json()["error"]["type"] == "overloaded_error"
+    assert seen[500].json()["error"]["type"] == "api_error"
+    assert seen[429].json()["error"]["type"] == "rate_limit_error"
+    assert seen[429].headers["retry-after"] == "1"  # a 429 always says when to come back
+    assert "retry-after" not in seen[529].headers
+    assert client.post("/v1/messages", json=HELLO).status_code == 200
+    assert emu.bill.entries[-1].request_id == emu.log[-1].request_id
+
+
+def test_a_fault_rate_fails_that_share_of_requests_repeatably() -> None:
+    def run(seed: int) -> tuple[list[int], int]:
+        emu = Emulator(seed=seed)
+        fault = emu.inject("transient", times=None, rate=0.25)
+        return statuses(emu, 400), fault.hits
+
+    codes, hits = run(seed=7)
+    failed = sum(1 for c in codes if c != 200)
+    assert set(codes) == {200, 429, 500, 529}
+    assert failed == hits  # times and hits count the requests it hit, not the draws
+    assert 60 <= failed <= 140
+    assert run(seed=7) == (codes, hits)
+    assert run(seed=8)[0] != codes
+
+
+def test_a_rate_applies_to_every_kind_and_only_to_its_endpoint(emu: Emulator) -> None:
+    emu.inject("overloaded", times=None, rate=0.5)
+    headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+    counted = {k: v for k, v in HELLO.items() if k != "max_tokens"}
+    with httpx.Client(transport=emu.transport(), base_url="http://e", headers=headers) as c:
+        codes = [c.post("/v1/messages", json=HELLO).status_code for _ in range(40)]
+        assert all(
+            c.post("/v1/messages/count_tokens", json=counted).status_code == 200 for _ in range(10)
+        )
+    assert set(codes) == {200, 529}
+    never = Emulator()
+    never.inject("overloaded", times=None, rate=0.0)
+    assert set(statuses(never, 20)) == {200}
+
+
+def test_a_bad_rate_is_refused() -> None:
+    emu = Emulator()
+    for rate in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="rate"):
+            emu.inject("transient", rate=rate)

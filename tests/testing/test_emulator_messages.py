@@ -455,8 +455,14 @@ def test_2026_version_rejects_documents_in_assistant_turns(client: httpx.Client)
     )
 
 
-def test_unknown_models_are_answered_but_not_priced(send: Send, emu: Emulator) -> None:
-    response = send({**HELLO, "model": "my-gateway-model"})
+def test_extra_models_are_answered_but_not_priced() -> None:
+    emu = Emulator(extra_models=["my-gateway-model"])
+    with httpx.Client(
+        transport=emu.transport(),
+        base_url="http://e",
+        headers={"x-api-key": "k", "anthropic-version": "2023-06-01"},
+    ) as c:
+        response = c.post("/v1/messages", json={**HELLO, "model": "my-gateway-model"})
     assert response.status_code == 200
     assert response.json()["model"] == "my-gateway-model"
     entry = emu.bill.entries[-1]

@@ -34,6 +34,7 @@ from haikucache.testing._bill import Bill, BillEntry, price_usage
 from haikucache.testing._faults import FAULT_KINDS, Fault, FaultSet
 from haikucache.testing._prompt_cache import CacheUsage, PromptCache
 from haikucache.testing._request import (
+    API_MODELS,
     API_VERSIONS,
     APIError,
     ParsedRequest,
@@ -138,7 +139,13 @@ class Emulator:
         batch_processing_seconds: simulated time a batch takes to end, on ``clock``.
         echo_model: ``"as_sent"`` answers with the model string as sent, ``"dated"`` with
             the dated id (``claude-haiku-4-5-20251001``) when the model is known.
-        api_keys: ``None`` accepts any non-empty key or token; otherwise only these.
+        api_keys: ``None`` accepts any non-empty key or token; otherwise only these, sent
+            as ``x-api-key`` or ``Authorization: Bearer``; any other gets the API's 401
+            ``authentication_error``.
+        extra_models: model ids accepted besides the real API's (e.g. a gateway's own
+            names); they are answered like any model but not priced. Any other unknown model
+            gets the API's 404 ``not_found_error`` (``model: <id>``), on ``/v1/messages``,
+            ``count_tokens`` and as an ``errored`` batch result.
         log_limit: how many :class:`LogRecord` s :attr:`log` keeps.
     """
 
@@ -150,6 +157,7 @@ class Emulator:
         echo_model: str = "as_sent",
         api_keys: Collection[str] | None = None,
         *,
+        extra_models: Collection[str] = (),
         log_limit: int = 10_000,
     ) -> None:
         if echo_model not in ("as_sent", "dated"):
@@ -160,14 +168,18 @@ class Emulator:
         self.seed = seed
         self.batch_processing_seconds = float(batch_processing_seconds)
         self.echo_model = echo_model
+        if isinstance(api_keys, str) or isinstance(extra_models, str):
+            # A lone string would be taken letter by letter.
+            raise TypeError("api_keys and extra_models take a collection of strings")
         self.api_keys = frozenset(api_keys) if api_keys is not None else None
+        self.extra_models = frozenset(extra_models)
         self.bill = Bill()
         self.requests: Counter[str] = Counter()
         self.log: deque[LogRecord] = deque(maxlen=log_limit)
         self.organization_id = str(uuid.UUID(int=random.Random(seed).getrandbits(128), version=4))
         self._tokenizer = Tokenizer()
         self._cache = PromptCache()
-        self._faults = FaultSet()
+        self._faults = FaultSet(seed)
         self._batches: dict[str, BatchRecord] = {}
         self._batch_seq = 0
         self._batch_failures: list[BatchFailures] = []
@@ -207,12 +219,18 @@ class Emulator:
         retry_after_ms: float | None = None,
         after_events: int = 3,
         seconds: float = 0.0,
+        rate: float = 1.0,
     ) -> Fault:
         """Make the next matching request(s) fail; see :class:`Fault` for the kinds.
 
+        ``inject("transient", times=None, rate=0.05)`` fails about one request in twenty
+        with a 529, 500 or 429, as a flaky upstream does (``haikucache emulator
+        --fault-rate``).
+
         Args:
             kind: ``"rate_limit"``, ``"overloaded"``, ``"server_error"``, ``"status"``,
-                ``"drop"``, ``"stream_error"``, ``"stream_cut"`` or ``"latency"``.
+                ``"drop"``, ``"stream_error"``, ``"stream_cut"``, ``"latency"`` or
+                ``"transient"`` (one of the first three, drawn per request).
             times: how many requests it applies to; ``None`` for every one until cleared.
             endpoint: endpoint name (``"messages"``, ``"count_tokens"``,
                 ``"batches.create"`` …) or ``"*"``.
@@ -221,6 +239,8 @@ class Emulator:
             retry_after_ms: ``retry-after-ms`` header.
             after_events: stream faults fire after this many SSE events.
             seconds: delay for ``"latency"``.
+            rate: the probability that a matching request gets it (seeded by ``seed``);
+                ``times`` counts only the requests that did.
 
         Returns:
             The :class:`Fault`, whose ``hits`` count how often it fired.
@@ -231,6 +251,8 @@ class Emulator:
             raise ValueError("inject('status') needs status=<HTTP status>")
         if times is not None and times < 1:
             raise ValueError("times must be >= 1 or None")
+        if not 0 <= rate <= 1:
+            raise ValueError("rate must be between 0 and 1")
         if kind == "rate_limit" and retry_after is None and retry_after_ms is None:
             retry_after = 1
         return self._faults.add(
@@ -243,6 +265,7 @@ class Emulator:
                 retry_after_ms=retry_after_ms,
                 after_events=max(0, after_events),
                 seconds=seconds,
+                rate=rate,
             )
         )
 
@@ -393,8 +416,8 @@ class Emulator:
                 and isinstance(ctx.body, dict)
                 and ctx.body.get("stream") is True
             )
-            fault, delay = self._faults.take(endpoint, streaming=streaming)
-            response = self._fault_response(ctx, fault) if fault is not None else None
+            fault, kind, delay = self._faults.take(endpoint, streaming=streaming)
+            response = self._fault_response(ctx, fault, kind) if fault is not None else None
             if response is None:
                 if parse_error is not None:
                     raise parse_error
@@ -412,9 +435,7 @@ class Emulator:
         if endpoint == "count_tokens":
             if ctx.body is None:
                 raise invalid("Request body must be a JSON object")
-            parsed = parse_request(
-                ctx.body, version=ctx.version, endpoint="count_tokens", tokenizer=self._tokenizer
-            )
+            parsed = self._parse(ctx.body, ctx.version, "count_tokens")
             return self._json(ctx, 200, {"input_tokens": parsed.total_tokens})
         if endpoint == "batches.create":
             return self._batch_create(ctx)
@@ -430,6 +451,13 @@ class Emulator:
         if endpoint == "batches.delete":
             return self._batch_delete(ctx, batch_id)
         return self._batch_results(ctx, batch_id)
+
+    def _parse(self, body: Any, version: str, endpoint: str) -> ParsedRequest:
+        """Validate a request (the 400s), then its model (the 404): one path for every door."""
+        parsed = parse_request(body, version=version, endpoint=endpoint, tokenizer=self._tokenizer)
+        if parsed.model not in API_MODELS and parsed.model not in self.extra_models:
+            raise APIError(404, "not_found_error", f"model: {parsed.model}")
+        return parsed
 
     # ----------------------------------------------------------------- auth & errors
 
@@ -483,13 +511,16 @@ class Emulator:
             },
         )
 
-    def _fault_response(self, ctx: _Context, fault: Fault) -> EmulatorResponse | None:
+    def _fault_response(self, ctx: _Context, fault: Fault, kind: str) -> EmulatorResponse | None:
         headers: dict[str, str] = {}
-        if fault.retry_after is not None:
-            headers["retry-after"] = _number(fault.retry_after)
+        retry_after = fault.retry_after
+        if kind == "rate_limit" and retry_after is None and fault.retry_after_ms is None:
+            # The real API always sends retry-after with a 429 (reference §4.7).
+            retry_after = 1
+        if retry_after is not None:
+            headers["retry-after"] = _number(retry_after)
         if fault.retry_after_ms is not None:
             headers["retry-after-ms"] = _number(fault.retry_after_ms)
-        kind = fault.kind
         if kind == "drop":
             return EmulatorResponse(status=0, headers=[], drop=True)
         if kind == "rate_limit":
@@ -498,7 +529,7 @@ class Emulator:
                     "anthropic-ratelimit-requests-limit": "50",
                     "anthropic-ratelimit-requests-remaining": "0",
                     "anthropic-ratelimit-requests-reset": _reset_time(
-                        self.clock.now(), fault.retry_after
+                        self.clock.now(), retry_after
                     ),
                 }
             )
@@ -524,9 +555,7 @@ class Emulator:
     def _messages(self, ctx: _Context, fault: Fault | None) -> EmulatorResponse:
         if ctx.body is None:
             raise invalid("Request body must be a JSON object")
-        parsed = parse_request(
-            ctx.body, version=ctx.version, endpoint="messages", tokenizer=self._tokenizer
-        )
+        parsed = self._parse(ctx.body, ctx.version, "messages")
         failing_stream = fault is not None and fault.kind in ("stream_error", "stream_cut")
         with self._lock:
             now = self.clock.now()
@@ -774,9 +803,7 @@ class Emulator:
                 results.append({"custom_id": custom_id, "result": {"type": leftover}})
                 continue
             try:
-                parsed = parse_request(
-                    params, version=batch.version, endpoint="batch", tokenizer=self._tokenizer
-                )
+                parsed = self._parse(params, batch.version, "batch")
             except APIError as err:
                 counts["errored"] += 1
                 results.append(_errored(custom_id, err.error_type, err.message, self._new_id))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from dataclasses import dataclass, field
 
-__all__ = ["FAULT_KINDS", "Fault", "FaultSet"]
+__all__ = ["FAULT_KINDS", "TRANSIENT_KINDS", "Fault", "FaultSet"]
 
 FAULT_KINDS = frozenset(
     {
@@ -17,8 +18,11 @@ FAULT_KINDS = frozenset(
         "stream_error",
         "stream_cut",
         "latency",
+        "transient",
     }
 )
+# What a ``"transient"`` fault turns into, one drawn per request: the errors the SDK retries.
+TRANSIENT_KINDS = ("overloaded", "server_error", "rate_limit")
 
 
 @dataclass
@@ -31,8 +35,9 @@ class Fault:
             connection is closed without an answer), ``"stream_error"`` (a 200 stream that
             sends ``after_events`` events and then an ``error`` event with
             ``overloaded_error``), ``"stream_cut"`` (a 200 stream whose connection is cut
-            after ``after_events`` events) or ``"latency"`` (``seconds`` of added delay;
-            combines with the others).
+            after ``after_events`` events), ``"latency"`` (``seconds`` of added delay;
+            combines with the others) or ``"transient"`` (one of ``"overloaded"``,
+            ``"server_error"`` and ``"rate_limit"``, drawn per request).
         endpoint: the endpoint name it applies to (``"messages"``, ``"count_tokens"``,
             ``"batches.create"`` …) or ``"*"`` for every endpoint.
         times: how many more requests it applies to; ``None`` means forever.
@@ -41,6 +46,8 @@ class Fault:
         retry_after_ms: value of the ``retry-after-ms`` header, in milliseconds.
         after_events: for the stream faults, how many events are sent before failing.
         seconds: for ``"latency"``, the delay added before the response.
+        rate: the probability that it applies to a matching request; the draws come from a
+            generator seeded by the emulator's ``seed``, so a run repeats.
         hits: how many requests it has been applied to so far.
     """
 
@@ -52,6 +59,7 @@ class Fault:
     retry_after_ms: float | None = None
     after_events: int = 3
     seconds: float = 0.0
+    rate: float = 1.0
     hits: int = 0
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
@@ -82,11 +90,16 @@ class Fault:
 
 
 class FaultSet:
-    """The faults of one emulator, applied first-in first-out."""
+    """The faults of one emulator, applied first-in first-out.
 
-    def __init__(self) -> None:
+    Args:
+        seed: seeds the draws of faults with a ``rate`` below 1 and of ``"transient"`` kinds.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
+        self._rng = random.Random(f"haikucache-emulator-faults:{seed}")
 
     def add(self, fault: Fault) -> Fault:
         with self._lock:
@@ -97,8 +110,12 @@ class FaultSet:
         with self._lock:
             self._faults.clear()
 
-    def take(self, endpoint: str, *, streaming: bool) -> tuple[Fault | None, float]:
-        """The fault to apply to this request (if any) and the latency to add."""
+    def take(self, endpoint: str, *, streaming: bool) -> tuple[Fault | None, str, float]:
+        """The fault to apply to this request (if any), its kind, and the latency to add.
+
+        The kind is the fault's own, except that a ``"transient"`` fault is resolved to one
+        of :data:`TRANSIENT_KINDS`; it is ``""`` when no fault applies.
+        """
         with self._lock:
             faults = [f for f in self._faults if f.active]
             self._faults = faults
@@ -107,9 +124,24 @@ class FaultSet:
         for fault in faults:
             if not fault.matches(endpoint, streaming=streaming):
                 continue
+            if fault.kind != "latency" and chosen is not None:
+                continue
+            if not self._draw(fault.rate) or not fault.consume():
+                continue
             if fault.kind == "latency":
-                if fault.consume():
-                    delay += fault.seconds
-            elif chosen is None and fault.consume():
+                delay += fault.seconds
+            else:
                 chosen = fault
-        return chosen, delay
+        if chosen is None:
+            return None, "", delay
+        if chosen.kind != "transient":
+            return chosen, chosen.kind, delay
+        with self._lock:
+            kind = self._rng.choice(TRANSIENT_KINDS)
+        return chosen, kind, delay
+
+    def _draw(self, rate: float) -> bool:
+        if rate >= 1:
+            return True
+        with self._lock:
+            return self._rng.random() < rate

@@ -20,10 +20,11 @@ from typing import Any
 
 import xxhash
 
-from haikucache._catalog import ModelInfo, lookup_model
+from haikucache._catalog import ModelInfo, known_models, lookup_model
 from haikucache.testing._tokenizer import Tokenizer
 
 __all__ = [
+    "API_MODELS",
     "ASSISTANT_PRIMER_TOKENS",
     "MESSAGE_OVERHEAD_TOKENS",
     "REQUEST_OVERHEAD_TOKENS",
@@ -49,6 +50,23 @@ TOOL_CHOICE_FREE_TOKENS = 346  # tool_choice auto / none
 TOOL_CHOICE_FORCED_TOKENS = 313  # tool_choice any / tool
 
 API_VERSIONS = ("2023-06-01", "2026-10-21")
+
+# The model ids the real API answers: every catalogue model by alias and dated id, plus the
+# other Sonnet and Opus models the reference names (§1.5: Sonnet 4, Opus 4, Sonnet 4.6).
+# Anything else gets the API's 404 ``model: <id>``; Bedrock and Vertex spellings included,
+# since the first-party API does not take them either.
+API_MODELS = frozenset(
+    {
+        *(m.name for m in known_models()),
+        *(m.dated_id for m in known_models()),
+        "claude-3-5-haiku-latest",
+        "claude-sonnet-4-0",
+        "claude-sonnet-4-20250514",
+        "claude-opus-4-0",
+        "claude-opus-4-20250514",
+        "claude-sonnet-4-6",
+    }
+)
 MAX_BREAKPOINTS = 4
 
 _MESSAGES_FIELDS = frozenset(

@@ -271,17 +271,45 @@ class EmulatorServer:
 
 
 def run_server(
-    host: str = "127.0.0.1", port: int = 8123, *, clock: Clock | None = None, seed: int = 0
+    host: str = "127.0.0.1",
+    port: int = 8123,
+    *,
+    clock: Clock | None = None,
+    seed: int = 0,
+    emulator: Emulator | None = None,
 ) -> None:
-    """Serve a fresh emulator until interrupted (Ctrl-C); prints the base URL first.
+    """Serve an emulator until interrupted (Ctrl-C); prints the base URL first.
 
-    Used by ``haikucache emulator --port N``.
+    Used by ``haikucache emulator --port N``. The first line printed is
+    ``haikucache emulator listening on <base URL>``; then how many API keys it accepts
+    (never the keys).
+
+    Args:
+        host: the interface to bind.
+        port: the TCP port (0 picks a free one).
+        clock: the clock of the fresh emulator (not with ``emulator``).
+        seed: the seed of the fresh emulator (not with ``emulator``).
+        emulator: serve this configured emulator instead of a fresh one.
     """
     from haikucache.testing._emulator import Emulator
 
-    server = Emulator(clock=clock, seed=seed).start_server(host, port)
+    if emulator is None:
+        emulator = Emulator(clock=clock, seed=seed)
+    elif clock is not None or seed != 0:
+        raise ValueError("pass clock and seed to the Emulator, not to run_server")
+    server = emulator.start_server(host, port)
+    keys = emulator.api_keys
     print(f"haikucache emulator listening on {server.base_url}", flush=True)
     print(f"  export ANTHROPIC_BASE_URL={server.base_url}", flush=True)
+    print(
+        "  api keys: any non-empty key accepted"
+        if keys is None
+        else f"  api keys: {len(keys)} accepted (x-api-key or Authorization: Bearer)",
+        flush=True,
+    )
+    if emulator.extra_models:
+        print(f"  extra models: {', '.join(sorted(emulator.extra_models))}", flush=True)
+    print(f"  batches end after {emulator.batch_processing_seconds:g} s", flush=True)
     try:
         while True:
             time.sleep(3600)
