@@ -28,7 +28,14 @@ from ._client import (
 from ._clock import Clock, ManualClock, SystemClock
 from ._decorator import Args, AsyncLLMFunction, AsyncMemoized, LLMFunction, Memoized, llm, memoize
 from ._embed_local import LocalEmbedder
-from ._engine import CallInfo, CallOptions, Engine, PreparedCall, default_ledger
+from ._engine import (
+    DEFAULT_STORE,
+    CallInfo,
+    CallOptions,
+    Engine,
+    PreparedCall,
+    default_ledger,
+)
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
@@ -101,6 +108,7 @@ from ._wire import MessageCreateParams, MessageParam, validate_request
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEFAULT_STORE",
     "DEFAULT_THRESHOLD",
     "KEY_VERSION",
     "SEMANTIC_GUARDS",

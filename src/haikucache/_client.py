@@ -1587,7 +1587,9 @@ class Client(_ClientBase):
         http_client: an :class:`httpx.Client` to use (not closed by :meth:`close`).
         sleep: how retries wait (default :func:`time.sleep`).
         engine: the :class:`~haikucache.Engine` to use; default one whose namespace is a
-            hash of the credential.
+            hash of the credential and whose response cache is on disk
+            (:data:`~haikucache.DEFAULT_STORE`, the same default at every door; pass
+            ``engine=Engine.for_credentials(key, store=None)`` to keep no answers).
 
     Raises:
         ConfigurationError: no credential was given or found in the environment.

@@ -77,7 +77,7 @@ import xxhash
 from ._catalog import DEFAULT_MODEL
 from ._client import AsyncClient, Client, _resolve_credentials
 from ._clock import Clock, SystemClock
-from ._engine import OPTION_NAMES, CallOptions, Engine
+from ._engine import DEFAULT_STORE, OPTION_NAMES, CallOptions, Engine
 from ._exceptions import (
     APIResponseValidationError,
     ConfigurationError,
@@ -354,7 +354,7 @@ class _ClientSlot:
 
 # The client of every decorated function that names neither client=, engine= nor store=:
 # credentials from the environment, answers kept on disk (the user's cache directory).
-_DEFAULT_SLOT = _ClientSlot(None, "disk")
+_DEFAULT_SLOT = _ClientSlot(None, DEFAULT_STORE)
 
 
 def _option_kwargs(options: CallOptions) -> dict[str, Any]:
@@ -1051,7 +1051,7 @@ def _decorate(fn: object, config: _LLMConfig) -> Any:
     slot = (
         _DEFAULT_SLOT
         if config.engine is None and config.store is None and config.semantic is None
-        else _ClientSlot(config.engine, config.store or "disk", config.semantic)
+        else _ClientSlot(config.engine, config.store or DEFAULT_STORE, config.semantic)
     )
     cls = AsyncLLMFunction if asynchronous else LLMFunction
     return cls(function, config, slot)

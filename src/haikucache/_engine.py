@@ -219,6 +219,17 @@ def default_ledger() -> Ledger:
         return _default_ledger
 
 
+#: The response store of an engine a door builds for itself (``Client()``,
+#: ``haikucache.anthropic.wrap(client)``, LangChain ``wrap(model)``, LlamaIndex
+#: ``HaikuCache()``, ``@haikucache.llm``): answers kept on disk under the cache home, private
+#: to the user and shared by the user's processes. One default, chosen here for every door:
+#: an exact hit can only be an answer to the same request (model, system, tools, messages,
+#: sampling parameters, betas) made with the same credential, and only complete answers are
+#: stored, so a repeat is answered for $0 without a wrong answer being possible. A caller
+#: who wants a fresh sample for a repeated prompt passes ``no_cache=True``, or ``store=None``.
+DEFAULT_STORE = "disk"
+
+
 def namespace_for(credential: str | None) -> str:
     """A namespace derived from a credential: a hash, never the key itself."""
     if not credential:
@@ -314,8 +325,14 @@ class Engine:
 
     @classmethod
     def for_credentials(cls, credential: str | None, **kwargs: Any) -> Engine:
-        """An engine whose namespace is a hash of ``credential`` (the key is never kept)."""
+        """The engine a door builds for itself when it is given none.
+
+        Its namespace is a hash of ``credential`` (the key is never kept), and unless
+        ``store=`` says otherwise it keeps answers in :data:`DEFAULT_STORE`: the response
+        cache is on by default at every door (``store=None`` turns it off).
+        """
         kwargs.setdefault("namespace", namespace_for(credential))
+        kwargs.setdefault("store", DEFAULT_STORE)
         return cls(**kwargs)
 
     @property

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
-from ._engine import CallInfo, Engine, PreparedCall
+from ._engine import DEFAULT_STORE, CallInfo, Engine, PreparedCall
 from ._exceptions import (
     ConfigurationError,
     MissingDependencyError,
@@ -593,7 +593,7 @@ def wrap(
     else:
         built = Engine.for_credentials(
             credential,
-            store="disk" if store is _DEFAULT_STORE else store,
+            store=DEFAULT_STORE if store is _DEFAULT_STORE else store,
             ledger=ledger,
             planner=planner if planner is not None else "adaptive",
             cache_ttl=cache_ttl,

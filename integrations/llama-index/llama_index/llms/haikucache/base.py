@@ -38,6 +38,7 @@ from llama_index.core.types import BaseOutputParser, PydanticProgramMode
 
 from haikucache import (
     DEFAULT_MODEL,
+    DEFAULT_STORE,
     AsyncClient,
     AsyncMessageStream,
     CallOptions,
@@ -189,9 +190,10 @@ class HaikuCache(FunctionCallingLLM):
             given).
         engine: the :class:`haikucache.Engine` (response store, ledger, planner policy). By
             default one whose namespace is a hash of the credential.
-        store: shortcut for the engine's response cache: a store, ``"disk"`` or
-            ``"memory"`` (not together with ``engine``). Without a store nothing is cached
-            locally; prompt caching and accounting still work.
+        store: shortcut for the engine's response cache: a store, ``"disk"`` (the
+            default, the same at every haikucache door) or ``"memory"``; ``None`` caches
+            nothing locally (prompt caching and accounting still work). Not together with
+            ``engine``.
         transport: an httpx transport for both clients, e.g. ``Emulator().transport()``.
         async_transport: a separate transport for the async client.
         client: a ready :class:`haikucache.Client` (its engine is then used).
@@ -257,7 +259,7 @@ class HaikuCache(FunctionCallingLLM):
         default_headers: Mapping[str, str] | None = None,
         anthropic_version: str | None = None,
         engine: Engine | None = None,
-        store: ResponseStore | str | None = None,
+        store: ResponseStore | str | None = DEFAULT_STORE,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
         client: Client | None = None,
@@ -296,7 +298,7 @@ class HaikuCache(FunctionCallingLLM):
             pydantic_program_mode=pydantic_program_mode,
             **kwargs,
         )
-        if engine is not None and store is not None:
+        if engine is not None and store != DEFAULT_STORE:
             raise ConfigurationError("pass either engine= or store=, not both")
         if client is not None:
             engine = client.engine if engine is None else engine
