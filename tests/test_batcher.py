@@ -442,7 +442,9 @@ def test_the_journal_holds_the_batch_before_submit_returns(
         (record,) = journal.records()
         assert record.state == "submitted" and record.batch_id and record.jobs == 3
         rows = journal.jobs(record.token)
-        assert {r.key for r in rows} == {client.engine.prepare(job(i)).key for i in range(3)}
+        assert {r.key for r in rows} == {
+            client.messages._context.prepare(job(i), CallOptions(), None).key for i in range(3)
+        }
         assert all(r.custom_id.startswith(record.token + "-") for r in rows)
         assert (tmp_path / "j").stat().st_mode & 0o777 == 0o700
         batcher.close(wait=False)
@@ -466,7 +468,7 @@ def test_resume_adopts_a_batch_whose_post_answer_was_lost(
     from haikucache._batch_journal import JournalRecord, encode_jobs, job_row
 
     journal = DiskBatchJournal(tmp_path / "j")
-    calls = [client.engine.prepare(job(i)) for i in range(3)]
+    calls = [client.messages._context.prepare(job(i), CallOptions(), None) for i in range(3)]
     import json as _json
 
     token = "hcdeadbeef0001"
@@ -498,7 +500,7 @@ def test_resume_sends_a_batch_that_never_reached_the_api_exactly_once(
     from haikucache._batch_journal import JournalRecord, encode_jobs, job_row
 
     journal = MemoryBatchJournal()
-    c = client.engine.prepare(job(7))
+    c = client.messages._context.prepare(job(7), CallOptions(), None)
     import json as _json
 
     row = job_row(
@@ -615,3 +617,95 @@ def test_progress_bar_plain_and_in_map(
     with fast(client) as batcher:
         answers = batcher.map([job(i) for i in range(3)], progress=True)
     assert len(answers) == 3
+
+
+# --------------------------------------------------------------------------- hostile jobs (issue 12)
+
+
+def tool_turn(tool_input: dict[str, Any]) -> dict[str, Any]:
+    """A conversation whose assistant turn called a tool with ``tool_input``."""
+    return {
+        "model": MODEL,
+        "max_tokens": 1024,
+        "tools": [{"name": "lookup", "input_schema": {"type": "object"}}],
+        "messages": [
+            {"role": "user", "content": "Look it up."},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "toolu_01", "name": "lookup", "input": tool_input}
+                ],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "toolu_01", "content": "42"}],
+            },
+        ],
+    }
+
+
+HOSTILE = {
+    "nan in a tool_use input": tool_turn({"x": float("nan")}),
+    "infinity in metadata": {**job(90), "metadata": {"user_id": "u", "score": float("inf")}},
+    "lone surrogate in a prompt": {
+        **job(91),
+        "messages": [{"role": "user", "content": "bad \ud800 text"}],
+    },
+    "lone surrogate in a tool input": tool_turn({"q": "\udc00"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_job_fails_its_own_future_and_nothing_else(
+    emu: Emulator, client: Client, case: str
+) -> None:
+    journal = MemoryBatchJournal()
+    with fast(client, journal=journal) as batcher:
+        healthy = [batcher.submit(job(i)) for i in range(5)]
+        hostile = batcher.submit(HOSTILE[case])  # a future, never an exception
+        batcher.flush()
+        with pytest.raises(RequestValidationError):
+            hostile.result(10)
+        answers = [f.result(10) for f in healthy]
+    assert all(a.haikucache.batch for a in answers)  # type: ignore[union-attr]
+    (sent,) = created_requests(emu)
+    assert len(sent) == 5
+    assert [r.state for r in journal.records()] == ["ended"]
+
+
+async def test_a_hostile_job_fails_alone_in_the_async_batcher(
+    emu: Emulator, client: Client
+) -> None:
+    async with AsyncBatcher(client, journal="memory", poll_interval=0.05, max_wait=0.05) as batcher:
+        with pytest.raises(RequestValidationError):
+            await batcher.submit(HOSTILE["lone surrogate in a prompt"])
+        out = await batcher.amap(
+            [job(1), HOSTILE["nan in a tool_use input"], job(2)], return_exceptions=True
+        )
+    assert isinstance(out[0], Message) and isinstance(out[2], Message)
+    assert isinstance(out[1], RequestValidationError)
+    assert emu.batch_count == 1
+
+
+def test_a_job_changed_after_submit_is_sent_as_submitted(emu: Emulator, client: Client) -> None:
+    # What the batcher queued is what it validated, keyed, journaled and sends: a caller that
+    # reuses (or breaks) its objects while the job waits changes nothing.
+    tool_input: dict[str, Any] = {"x": 1}
+    prompt = {"role": "user", "content": "Review 7: the flight was fine."}
+    changing = {**job(7), "messages": [prompt]}
+    journal = MemoryBatchJournal()
+    with fast(client, journal=journal, max_wait=3600) as batcher:
+        healthy = [batcher.submit(job(i)) for i in range(5)]
+        broken = batcher.submit(tool_turn(tool_input))
+        reused = batcher.submit(changing)
+        tool_input["x"] = float("nan")
+        prompt["content"] = "bad \ud800 text"
+        batcher.flush()
+        answers = [f.result(10) for f in (*healthy, broken, reused)]
+    assert all(a.haikucache.batch for a in answers)  # type: ignore[union-attr]
+    (sent,) = created_requests(emu)
+    params = [r["params"] for r in sent]
+    assert tool_turn({"x": 1}) in params and job(7) in params
+    with make_client(Emulator()) as direct:
+        assert answers[6].content[0].text == direct.messages.create(**job(7)).content[0].text
+    assert [r.state for r in journal.records()] == ["ended"]

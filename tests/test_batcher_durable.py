@@ -464,7 +464,7 @@ def crashed_batch(client: Client, journal: MemoryBatchJournal, jobs: list[dict[s
 
 def cache_pattern(client: Client, jobs: list[dict[str, Any]]) -> list[str]:
     """For each job, whether a realtime re-run is answered by the response cache."""
-    return [client.messages.create(**params).haikucache.cache for params in jobs]  # type: ignore[union-attr]
+    return [client.messages.create(**params).haikucache.cache for params in jobs]
 
 
 def test_a_resumed_batch_delivers_and_stores_what_realtime_would() -> None:

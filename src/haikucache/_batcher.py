@@ -10,10 +10,13 @@
 
 How a job travels (each step one method below):
 
-1. ``submit`` runs the engine's stages — ``prepare`` (validate, key: a bad job fails only its
+1. ``submit`` runs the pipeline's stages — ``prepare`` (validate, key: a bad job fails only its
    own future), ``lookup`` (an answer already in the response cache resolves at once and is
    never enqueued) — joins an identical job already queued or in flight (same exact key), or
-   routes the job realtime when its ``deadline`` is sooner than a batch would answer.
+   routes the job realtime when its ``deadline`` is sooner than a batch would answer. A queued
+   job is encoded once, as strict UTF-8 JSON — a job that cannot be fails its own future with
+   :class:`~haikucache.RequestValidationError` — and the queue keeps a copy decoded from that
+   JSON: what is journaled and sent is what was submitted, whatever the caller does next.
 2. The worker thread flushes the queue by count (``max_batch_size`` ≤ 100,000), by bytes of
    the serialized body (``max_bytes`` ≤ 256 MB) or by age (``max_wait``). Jobs that share a
    long prefix (tools + system) get a 1-hour ``cache_control`` marker on it, so the batch
@@ -21,14 +24,22 @@ How a job travels (each step one method below):
 3. Before ``POST /v1/messages/batches`` the batch is written to the journal
    (:mod:`haikucache._batch_journal`), and its id when the POST answers.
 4. The worker polls with backoff on the injectable clock, streams the JSONL results, matches
-   them by ``custom_id``, accounts each answer with the batch discount (``engine.record(...,
-   batch=True)``), stores it in the response cache and resolves every waiting future.
+   them by ``custom_id`` and hands each answer to the pipeline's ``deliver``: accounted with
+   the batch discount, stored when complete — exactly what realtime stores, so an answer cut
+   at ``max_tokens`` reaches its caller but not the cache. Then the journal record is closed,
+   and only then are the waiting futures resolved: a batch whose answers were handed out is
+   never found open (and collected, accounted and stored again) by a later resume.
 5. Per-result policy: ``errored`` with a transient type (``api_error``, ``overloaded_error``,
    ``rate_limit_error``, ``timeout_error``) is retried realtime; any other error is raised on
    that job's future only (:class:`~haikucache.BatchItemErroredError`); ``canceled`` raises
    :class:`~haikucache.BatchItemCanceledError`; ``expired`` is resubmitted once, then sent
    realtime (``on_expired``). A batch id that vanished upstream (404) fails its futures with
    :class:`~haikucache.BatchError` and is marked ``lost``, never polled forever.
+6. Failures stay where they belong: one job's (it cannot be encoded, its answer cannot be
+   stored by a strict store) fails that job alone; one of the batch's (no answer to the POST,
+   a poll that fails, anything unexpected) is retried with backoff, and after
+   ``max_poll_failures`` tries its futures fail while the journal keeps it for
+   :meth:`Batcher.resume`.
 
 After a crash, :meth:`Batcher.resume` (or ``haikucache batches resume``) finds the journal's
 open batches, polls them and stores their answers in the response cache, where a re-run of
@@ -45,13 +56,14 @@ import datetime as _dt
 import functools
 import json
 import logging
+import math
 import os
 import secrets
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -70,7 +82,7 @@ from ._batch_journal import (
 from ._batch_progress import BatchProgress
 from ._catalog import lookup_model
 from ._clock import Clock, SystemClock
-from ._engine import CallInfo, CallOptions, Engine, PreparedCall
+from ._engine import CallOptions, Engine, PreparedCall
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -84,6 +96,7 @@ from ._exceptions import (
     RequestValidationError,
     UsageError,
 )
+from ._pipeline import Outcome
 from ._planner import Planner
 from ._types import Message
 from ._upstream import DEFAULT_API_VERSION, betas_from_headers
@@ -102,17 +115,78 @@ MAX_BATCH_BYTES = 256_000_000
 _ENVELOPE_BYTES = 96
 #: ``errored`` results worth retrying: the service failed, not the request.
 TRANSIENT_ERRORS = frozenset({"api_error", "overloaded_error", "rate_limit_error", "timeout_error"})
+_RESULT_KINDS = frozenset({"succeeded", "errored", "canceled", "expired"})
 #: How far back (seconds) a batch whose POST never answered is looked for upstream.
 _RECONCILE_WINDOW = 600.0
 _ONE_HOUR = {"type": "ephemeral", "ttl": "1h"}
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: Strict JSON, as the API reads it: NaN and Infinity are not JSON numbers.
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 #: No model caches a prefix under 1,024 tokens, i.e. well over 2,000 characters.
 _MIN_PREFIX_CHARS = 2048
 
 
 def _utf8_len(text: str) -> int:
+    """Bytes of ``text`` as UTF-8 (raises ``UnicodeEncodeError`` on a lone surrogate)."""
     return len(text) if text.isascii() else len(text.encode())
+
+
+def _first_unencodable(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first value strict UTF-8 JSON cannot hold, if one is found."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return path
+            found = _first_unencodable(key, path) or _first_unencodable(
+                item, f"{path}.{key}" if path else key
+            )
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _first_unencodable(item, f"{path}.{i}" if path else str(i))
+            if found is not None:
+                return found
+        return None
+    if value is None or isinstance(value, (bool, int)):
+        return None
+    return path
+
+
+def _unencodable(body: Any, exc: BaseException) -> RequestValidationError:
+    """The error for a request that cannot be sent as UTF-8 JSON (the API would reject it)."""
+    try:
+        where = _first_unencodable(body)
+    except Exception:  # too deep, or a container that fails when read again
+        where = None
+    err = RequestValidationError(
+        f"cannot be sent as JSON ({type(exc).__name__}: {exc})", param=where or "body"
+    )
+    err.__cause__ = exc
+    return err
+
+
+def _encode(body: Any) -> tuple[str, int]:
+    """``body`` as strict JSON and its size in UTF-8 bytes.
+
+    Raises:
+        RequestValidationError: NaN or Infinity, a lone surrogate, a value of a type JSON
+            has no form for, or nesting too deep to encode.
+    """
+    try:
+        text = _dumps(body)
+        return text, _utf8_len(text)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise _unencodable(body, exc) from exc
 
 
 def _prefix_chars(body: Mapping[str, Any]) -> int:
@@ -135,7 +209,8 @@ class ResumeReport:
 
     Attributes:
         batches: the journal records it took over, in their final state.
-        delivered: answers stored in the response cache.
+        delivered: answers collected and accounted; stored in the response cache when
+            realtime would store them too (not an answer cut at ``max_tokens``, say).
         failed: jobs that ended without an answer (errored, canceled, expired, lost).
         skipped: ``(token, reason)`` for open records it left alone.
     """
@@ -424,13 +499,7 @@ class Batcher:
             # Validate and key without the realtime planner (``defer_plan`` and never
             # ``plan``): the batcher places its own markers per group of jobs, and batch
             # traffic must not teach the realtime planner recurrences realtime never sees.
-            call = self.engine.prepare(
-                params,
-                options or CallOptions(),
-                api_version=self._api_version,
-                betas=self._betas,
-                defer_plan=True,
-            )
+            call = self._context.prepare(params, options or CallOptions(), None)
             if deadline is not None and (
                 isinstance(deadline, bool) or not isinstance(deadline, (int, float))
             ):
@@ -438,9 +507,13 @@ class Batcher:
         except UsageError as exc:
             future.set_exception(exc)
             return future
-        entry = self.engine.lookup(call)
-        if entry is not None:
-            future.set_result(self._context.hit(call, entry))
+        except (ValueError, TypeError, RecursionError) as exc:
+            # Whatever slipped past validation: still this job's failure, not the caller's.
+            future.set_exception(_unencodable(params, exc))
+            return future
+        hit = self._context.pipeline.lookup(call)
+        if hit is not None:
+            future.set_result(self._context.message(hit))
             with self._cond:
                 self._stats["hits"] += 1
             return future
@@ -659,8 +732,18 @@ class Batcher:
         )
 
     def _shape(self, job: _Job) -> None:
-        """Choose the body the batch sends and measure it."""
-        base = job.base
+        """Encode the job once, keep that snapshot, choose the body the batch sends.
+
+        The job is encoded as strict UTF-8 JSON here, on the caller's thread, so a job the
+        API could not read fails its own future, never the worker or its batch. The queue
+        keeps a copy decoded from that JSON, not the caller's objects: a job waits minutes
+        before it is sent, and what is sent (and journaled) must be what was submitted.
+
+        Raises:
+            RequestValidationError: the job cannot be sent as JSON, or is larger than a batch.
+        """
+        base_json, base_size = _encode(job.base)
+        base = job.base = job.body = job.call.body = json.loads(base_json)
         if job.caller_marked:
             pass  # the caller placed markers: send them as they are
         elif self.cache_prefixes and _prefix_chars(base) >= _MIN_PREFIX_CHARS:
@@ -674,8 +757,11 @@ class Batcher:
             if path is not None:
                 job.marker_path = path
                 job.body = _set_marker(base, path)
-        job.body_json = _dumps(job.body)
-        job.size = _utf8_len(job.body_json) + _ENVELOPE_BYTES
+        if job.body is base:
+            job.body_json, size = base_json, base_size
+        else:
+            job.body_json, size = _encode(job.body)
+        job.size = size + _ENVELOPE_BYTES
         if job.size + 16 > self.max_bytes:
             raise RequestValidationError(
                 f"this job is {job.size:,} bytes serialized; a batch holds at most "
@@ -728,17 +814,21 @@ class Batcher:
             self._cond.notify_all()
         return waiters
 
-    def _resolve(self, job: _Job, message: Message, *, batch: bool) -> None:
-        """Hand ``message`` to the job's first waiter; its twins get accounted copies."""
+    def _resolve(self, job: _Job, message: Message, *, batch: bool, paid: bool = True) -> None:
+        """Hand ``message`` to the job's first waiter; its twins get accounted copies.
+
+        ``paid=False``: the answer was accounted before (by a run that crashed after
+        storing it), so every waiter gets a copy for $0.
+        """
         job.delivered = True
         waiters = self._finish(job)
-        leader = True
+        leader = paid
         for w in waiters:
             if leader:
                 result = message
                 leader = False
             else:
-                result = self._context.shared(w.call, message)
+                result = self._shared(w.call, message)
                 if batch and result.haikucache is not None:
                     result.haikucache = dataclasses.replace(result.haikucache, batch=True)
             try:
@@ -746,6 +836,14 @@ class Batcher:
             except InvalidStateError:
                 pass  # cancelled meanwhile
         self._release(job)
+
+    def _shared(self, call: PreparedCall, leader: Message) -> Message:
+        """A twin's copy of the answer its leader got: a hit, for $0."""
+        shared = self._context.pipeline.share(
+            call, Outcome(call, "miss", leader.to_dict(), leader.haikucache)
+        )
+        assert shared is not None
+        return self._context.message(shared)
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
         waiters = self._finish(job)
@@ -818,10 +916,19 @@ class Batcher:
                 if kind == "flush":
                     self._flush_once()
                 else:
-                    self._poll(payload)
+                    self._step(payload)
             except Exception:  # the worker must not die; log and carry on
                 logger.exception("haikucache: batcher step %s failed", kind)
                 time.sleep(0.05)
+
+    def _step(self, live: _LiveBatch) -> None:
+        try:
+            self._poll(live)
+        except Exception as exc:
+            # Never retried at full speed: an unexpected failure counts as a failed poll
+            # (backoff, and after ``max_poll_failures`` the batch's futures fail).
+            logger.exception("haikucache: polling batch %s failed", live.token)
+            self._poll_failed(live, exc)
 
     def _flush_due(self, now: float) -> bool:
         if not self._queue:
@@ -922,10 +1029,25 @@ class Batcher:
                 jobs = self._warm(jobs)
             if jobs:
                 self._submit_batch(jobs)
+        except Exception as exc:
+            # Never put back and tried again blindly: a failure that travels with the jobs
+            # would come back at every flush, and nothing beside them would ever resolve.
+            logger.exception("haikucache: submitting a batch of %d job(s) failed", len(jobs))
+            self._flush_failed(jobs, exc)
         finally:
             with self._cond:
                 self._submitting -= 1
                 self._cond.notify_all()
+
+    def _flush_failed(self, jobs: list[_Job], exc: Exception) -> None:
+        """Fail the jobs an unexpected error left unsent. A job already in the journal stays
+        with its batch: the poll loop finds out whether it reached the API (and sends it
+        once if not), with backoff and a bounded number of tries."""
+        err = BatchError(f"could not submit the batch ({type(exc).__name__}: {exc})")
+        err.__cause__ = exc
+        for job in jobs:
+            if not job.finished and job.batch is None:
+                self._fail(job, err)
 
     def _warm(self, jobs: list[_Job]) -> list[_Job]:
         """Send one job of each shared-prefix group realtime first: it writes the prefix to
@@ -956,11 +1078,22 @@ class Batcher:
         for job in jobs:
             if job.marker_path is not None:
                 counts[job.prefix] = counts.get(job.prefix, 0) + 1
+        sendable: list[_Job] = []
         for job in jobs:
-            if job.marker_path is not None and counts[job.prefix] < 2:
-                job.marker_path = None
-                job.body = job.base
-                job.body_json = _dumps(job.body)
+            try:
+                if job.marker_path is not None and counts[job.prefix] < 2:
+                    job.marker_path = None
+                    job.body = job.base
+                    job.body_json = ""
+                if not job.body_json:
+                    job.body_json = _encode(job.body)[0]
+            except UsageError as exc:
+                self._fail(job, exc)  # this job only; the batch goes on without it
+                continue
+            sendable.append(job)
+        jobs = sendable
+        if not jobs:
+            return
         jobs.sort(key=lambda j: j.prefix)
         token = "hc" + secrets.token_hex(6)
         rows = []
@@ -1038,23 +1171,36 @@ class Batcher:
             if status is not None and status < 500 and status not in (408, 409):
                 self._give_up(live, "failed", exc)
                 return
-            # No answer, or a server error: it may or may not exist upstream. Find out
-            # before sending anything again (never submit a batch twice).
-            live.requests = requests
-            record.error = f"submission unconfirmed: {exc}"
-            self.journal.update(record)
-            self._schedule(live)
+            self._unconfirmed(live, requests, exc)
+            return
+        except Exception as exc:
+            # Not an answer from the API (an answer it could not parse, a local failure):
+            # the batch may exist upstream all the same.
+            logger.warning("haikucache: submitting batch %s failed: %r", record.token, exc)
+            self._unconfirmed(live, requests, exc)
             return
         record.batch_id = str(batch.id)
         record.state = "submitted"
         record.error = None
         record.submitted_at = self.clock.now()
         live.requests = None
+        live.failures = 0
         self.journal.update(record)
         with self._cond:
             self._stats["submitted_batches"] += 1
             self._stats["submitted_jobs"] += len(requests)
         live.next_poll = self.clock.now() + live.interval
+
+    def _unconfirmed(
+        self, live: _LiveBatch, requests: list[dict[str, Any]], exc: BaseException
+    ) -> None:
+        """No answer to the POST: the batch may or may not exist upstream. The next poll
+        finds out before anything is sent again (never submit a batch twice); after
+        ``max_poll_failures`` tries the futures fail and the journal keeps it for resume."""
+        live.requests = requests
+        live.record.error = f"submission unconfirmed: {exc}"
+        self.journal.update(live.record)
+        self._poll_failed(live, exc)
 
     def _schedule(self, live: _LiveBatch) -> None:
         live.failures += 1
@@ -1122,8 +1268,8 @@ class Batcher:
         if live.failures >= self.max_poll_failures:
             # Keep the journal record open: resume() may still collect it later.
             err = BatchError(
-                f"could not reach batch {live.record.batch_id} after {live.failures} tries "
-                f"({exc}); `haikucache batches resume` collects it later"
+                f"could not reach batch {live.record.batch_id or live.token} after "
+                f"{live.failures} tries ({exc}); `haikucache batches resume` collects it later"
             )
             err.__cause__ = exc
             for job in list(live.jobs.values()):
@@ -1133,56 +1279,93 @@ class Batcher:
                 self._cond.notify_all()
 
     def _collect(self, live: _LiveBatch) -> None:
+        """Read the results: account and store each answer, close the journal record, then
+        hand every job its outcome. Callers hear back only once the record is closed, so a
+        batch whose answers were all handed out is never found open (and paid again)."""
         record = live.record
         assert record.batch_id is not None
         counts = dict.fromkeys(("succeeded", "errored", "canceled", "expired", "realtime"), 0)
         counts.update(record.counts)
+        hand_overs: list[tuple[_Job, Callable[[], None]]] = []
         try:
-            with self.client.messages.batches.results(record.batch_id) as results:
-                for item in results:
-                    data = item.to_dict()
-                    with self._cond:
-                        job = live.jobs.pop(str(data.get("custom_id")), None)
-                    if job is None:
-                        logger.warning(
-                            "haikucache: batch %s returned an unknown custom_id %r",
-                            record.batch_id,
-                            data.get("custom_id"),
-                        )
-                        continue
-                    outcome = self._outcome(job, data.get("result") or {}, record)
-                    counts[outcome] = counts.get(outcome, 0) + 1
-                    record.counts = counts
-        except NotFoundError as exc:
-            self._give_up(live, "lost", exc)
-            return
-        except (APIConnectionError, APIStatusError, UsageError) as exc:
-            # The results are kept upstream for 29 days: read the rest on the next poll.
+            try:
+                with self.client.messages.batches.results(record.batch_id) as results:
+                    for item in results:
+                        data = item.to_dict()
+                        with self._cond:
+                            job = live.jobs.pop(str(data.get("custom_id")), None)
+                        if job is None:
+                            logger.warning(
+                                "haikucache: batch %s returned an unknown custom_id %r",
+                                record.batch_id,
+                                data.get("custom_id"),
+                            )
+                            continue
+                        outcome, hand_over = self._settle(job, data.get("result") or {}, record)
+                        hand_overs.append((job, hand_over))
+                        counts[outcome] = counts.get(outcome, 0) + 1
+                        record.counts = counts
+            except NotFoundError as exc:
+                self._give_up(live, "lost", exc)
+                return
+            except (APIConnectionError, APIStatusError, UsageError) as exc:
+                # The results are kept upstream for 29 days: read the rest on the next poll.
+                record.counts = counts
+                self._poll_failed(live, exc)
+                return
+            with self._cond:
+                missing = list(live.jobs.values())
+                live.jobs.clear()
+            for job in missing:
+                # No line for it: never silently dropped.
+                counts["realtime"] += 1
+                hand_overs.append(
+                    (job, functools.partial(self._retry, job, "the batch returned no result"))
+                )
+            record.state = "ended"
             record.counts = counts
-            self._poll_failed(live, exc)
-            return
-        with self._cond:
-            missing = list(live.jobs.values())
-            live.jobs.clear()
-        for job in missing:
-            # No line for it: never silently dropped.
-            counts["realtime"] += 1
-            self._retry(job, "the batch returned no result for it")
-        record.state = "ended"
-        record.counts = counts
-        record.ended_at = self.clock.now()
-        record.error = None
-        self.journal.update(record)
-        with self._cond:
-            self._live.pop(live.token, None)
-            self._cond.notify_all()
+            record.ended_at = self.clock.now()
+            record.error = None
+            self.journal.update(record)
+            with self._cond:
+                self._live.pop(live.token, None)
+                self._cond.notify_all()
+        finally:
+            # Also when reading stopped half-way: what was read is accounted and stored.
+            for job, hand_over in hand_overs:
+                try:
+                    hand_over()
+                except Exception as exc:
+                    logger.exception("haikucache: handing over job %s failed", job.custom_id)
+                    self._fail(job, exc)
 
-    def _outcome(self, job: _Job, result: Mapping[str, Any], record: JournalRecord) -> str:
+    def _settle(
+        self, job: _Job, result: Mapping[str, Any], record: JournalRecord
+    ) -> tuple[str, Callable[[], None]]:
+        """:meth:`_outcome`, where a failure (a strict store refusing the answer, say) is
+        this job's alone."""
+        try:
+            return self._outcome(job, result, record)
+        except Exception as exc:
+            logger.warning(
+                "haikucache: could not deliver job %s of batch %s: %r",
+                job.custom_id,
+                record.batch_id,
+                exc,
+            )
+            kind = str(result.get("type"))
+            return (kind if kind in _RESULT_KINDS else "errored"), functools.partial(
+                self._fail, job, exc
+            )
+
+    def _outcome(
+        self, job: _Job, result: Mapping[str, Any], record: JournalRecord
+    ) -> tuple[str, Callable[[], None]]:
+        """Apply the per-result policy: what to count, and how to hand the job its outcome."""
         kind = result.get("type")
         batch_id = record.batch_id
         if kind == "succeeded" and isinstance(result.get("message"), Mapping):
-            self._succeeded(job, dict(result["message"]))
-            return "succeeded"
+            return "succeeded", self._succeeded(job, dict(result["message"]))
         if kind == "errored":
             error = result.get("error") if isinstance(result.get("error"), Mapping) else {}
             assert isinstance(error, Mapping)
@@ -1190,9 +1373,9 @@ class Batcher:
             assert isinstance(inner, Mapping)
             etype = str(inner.get("type") or "api_error")
             if etype in TRANSIENT_ERRORS and self.on_transient == "realtime" and job.attempts < 3:
-                self._retry(job, etype)
-                return "realtime"
-            self._fail(
+                return "realtime", functools.partial(self._retry, job, etype)
+            return "errored", functools.partial(
+                self._fail,
                 job,
                 BatchItemErroredError(
                     f"{etype}: {inner.get('message', '')}",
@@ -1201,10 +1384,10 @@ class Batcher:
                     error=error,
                 ),
             )
-            return "errored"
         if kind == "expired":
             if self.on_expired == "raise":
-                self._fail(
+                return "expired", functools.partial(
+                    self._fail,
                     job,
                     BatchItemExpiredError(
                         "the job did not run within the batch's 24 hours",
@@ -1212,13 +1395,11 @@ class Batcher:
                         batch_id=batch_id,
                     ),
                 )
-                return "expired"
             if self.on_expired == "resubmit" and job.attempts < 2 and not self._closing:
-                self._requeue(job)
-            else:
-                self._retry(job, "expired")
-            return "realtime"
-        self._fail(
+                return "realtime", functools.partial(self._requeue, job)
+            return "realtime", functools.partial(self._retry, job, "expired")
+        return "canceled", functools.partial(
+            self._fail,
             job,
             BatchItemCanceledError(
                 "the batch was canceled before this job ran",
@@ -1226,9 +1407,11 @@ class Batcher:
                 batch_id=batch_id,
             ),
         )
-        return "canceled"
 
-    def _succeeded(self, job: _Job, data: dict[str, Any]) -> None:
+    def _succeeded(self, job: _Job, data: dict[str, Any]) -> Callable[[], None]:
+        """Account and store the answer now (the pipeline's ``deliver``: every stop reason
+        is accounted and handed to the caller, only complete ones are stored, as realtime
+        does); return how its waiters get it."""
         call = job.call
         # A restart may read results a crashed run already stored: account them once.
         if (
@@ -1236,14 +1419,9 @@ class Batcher:
             and self.engine.store is not None
             and self.engine.store.get(call.key, now=self.clock.now()) is not None
         ):
-            job.delivered = True
-            self._finish(job)
-            return
-        info: CallInfo = self.engine.record(call, data, batch=True)
-        self.engine.store_answer(call, data, info)
-        message = Message(data)
-        message.haikucache = info
-        self._resolve(job, message, batch=True)
+            return functools.partial(self._resolve, job, Message(data), batch=True, paid=False)
+        message = self._context.message(self._context.pipeline.deliver(call, data, batch=True))
+        return functools.partial(self._resolve, job, message, batch=True)
 
     def _retry(self, job: _Job, why: str) -> None:
         logger.debug("haikucache: job %s goes realtime (%s)", job.custom_id, why)
@@ -1254,8 +1432,12 @@ class Batcher:
 
     def _requeue(self, job: _Job) -> None:
         if not job.body_json:
-            job.body_json = _dumps(job.body)
-            job.size = _utf8_len(job.body_json) + _ENVELOPE_BYTES
+            try:
+                job.body_json, size = _encode(job.body)
+            except UsageError as exc:
+                self._fail(job, exc)
+                return
+            job.size = size + _ENVELOPE_BYTES
         with self._cond:
             job.batch = None
             self._queue.append(job)

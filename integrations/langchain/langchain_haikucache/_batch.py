@@ -7,6 +7,10 @@ Each input becomes the exact request body ChatAnthropic would send (its own
 every answer comes back through ChatAnthropic's own ``_format_output`` as an ``AIMessage``,
 in input order. A failed item raises, or with ``return_exceptions=True`` takes its place.
 
+Without a ``batcher`` of its own, a model builds one (:func:`build_batcher`) that reaches the
+API exactly as the model does — same key, base URL, headers and ``upstream_transport`` — and
+shares its engine, so batch answers and realtime calls find each other in the cache.
+
 Requests with ``betas`` (beta endpoints) are not batched: such a call falls back to
 LangChain's default ``batch`` (concurrent realtime calls).
 """
@@ -14,11 +18,13 @@ LangChain's default ``batch`` (concurrent realtime calls).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import anthropic
+import httpx
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
@@ -34,7 +40,8 @@ _NOT_API = frozenset({"stop", "ls_structured_output_format", "structured_output_
 
 
 def build_batcher(model: Any) -> Any:
-    """The default batcher of a model: its API key, base URL and engine."""
+    """The default batcher of a model: it reaches the API as the model does (its key, base
+    URL, headers, timeout and ``upstream_transport``) and shares its engine."""
     try:
         from haikucache import Client
         from haikucache._batcher import Batcher
@@ -43,13 +50,97 @@ def build_batcher(model: Any) -> Any:
             "use_batches=True needs a haikucache with Message Batches support (haikucache._batcher)"
         ) from exc
     params = model._client_params
+    options: dict[str, Any] = {}
+    timeout = params.get("timeout")
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        options["timeout"] = timeout
     client = Client(
         api_key=params["api_key"] or None,
         base_url=params["base_url"],
         max_retries=params["max_retries"],
+        default_headers=dict(model.default_headers or {}),
+        transport=upstream_transport(model),
         engine=model.haikucache_engine,
+        **options,
     )
     return Batcher(client)
+
+
+def upstream_transport(model: Any) -> httpx.BaseTransport | None:
+    """The ``httpx`` transport for the batcher's client: the model's ``upstream_transport``
+    (bridged when it is an ``httpx2`` one, as for anthropic >= 1), else a plain one through
+    the model's ``anthropic_proxy``, else ``None`` (the client's own)."""
+    inner = model.upstream_transport
+    if inner is None:
+        proxy = getattr(model, "anthropic_proxy", None)
+        return httpx.HTTPTransport(proxy=proxy) if proxy else None
+    from .chat_models import _http_module
+
+    mod = _http_module()  # what the model's SDK client speaks, so what this transport is
+    if isinstance(inner, httpx.BaseTransport) or mod is httpx:
+        return inner  # type: ignore[no-any-return]
+    if not callable(getattr(inner, "handle_request", None)):
+        raise ConfigurationError(
+            f"upstream_transport must be an {mod.__name__} transport, got {inner!r}"
+        )
+    return _Bridge(inner, mod)
+
+
+def _httpx_error(exc: Exception, request: httpx.Request) -> Exception:
+    """The ``httpx`` twin of an ``httpx2`` error (same class name), so the client maps it."""
+    cls = getattr(httpx, type(exc).__name__, None)
+    if not (isinstance(cls, type) and issubclass(cls, httpx.TransportError)):
+        cls = httpx.TransportError
+    return cls(str(exc), request=request)
+
+
+class _BridgedStream(httpx.SyncByteStream):
+    def __init__(self, response: Any, mod: ModuleType, request: httpx.Request) -> None:
+        self._response = response
+        self._mod = mod
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            # The transport-level body (what a client would read), not a client-level view.
+            yield from self._response.stream
+        except self._mod.TransportError as exc:
+            raise _httpx_error(exc, self._request) from exc
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class _Bridge(httpx.BaseTransport):
+    """An ``httpx`` transport that sends through an ``httpx2`` one (the two mirror each
+    other's API, but their classes are distinct: a client accepts only its own)."""
+
+    def __init__(self, inner: Any, mod: ModuleType) -> None:
+        self.inner = inner
+        self._mod = mod
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        theirs = self._mod.Request(
+            request.method,
+            str(request.url),
+            headers=request.headers.raw,
+            content=request.read(),
+            extensions=request.extensions,
+        )
+        try:
+            response = self.inner.handle_request(theirs)
+        except self._mod.TransportError as exc:
+            raise _httpx_error(exc, request) from exc
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers.raw,
+            stream=_BridgedStream(response, self._mod, request),
+            extensions=response.extensions,
+            request=request,
+        )
+
+    def close(self) -> None:
+        pass  # the inner transport is the model's; its own SDK client closes it
 
 
 def _payload(model: Any, input_: LanguageModelInput, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,16 @@ emulator runs the batch lifecycle and bills batch results at 50 %.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import functools
+import io
+import json
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_anthropic import ChatAnthropic
@@ -15,7 +24,9 @@ from langchain_core.tools import tool
 from pydantic import BaseModel
 
 from haikucache import Client, Engine, MemoryLedger, MemoryStore, RequestValidationError
+from haikucache._batch_journal import DiskBatchJournal
 from haikucache._batcher import Batcher
+from haikucache._cli import main as cli
 from haikucache.testing import Emulator
 from langchain_haikucache import wrap
 
@@ -108,3 +119,95 @@ def test_batch_is_opt_in(emu: Emulator, engine: Engine) -> None:
     replies = model.batch(["One", "Two"])
     assert emu.requests["messages"] == 2 and emu.requests["batches.create"] == 0
     assert all(r.response_metadata["haikucache"]["batch"] is False for r in replies)
+
+
+# --------------------------------------------------------------------------- the default batcher
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache home of the test's own: the default batcher journals there."""
+    monkeypatch.setenv("HAIKUCACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    return tmp_path
+
+
+def batching(
+    emu: Emulator, engine: Engine, *, base_url: str = "http://emulator.local", transport: Any = None
+) -> ChatAnthropic:
+    """A model with ``use_batches=True`` and no batcher of its own: it builds the default."""
+    plain = ChatAnthropic(model=MODEL, api_key="test-key", base_url=base_url)
+    upstream = transport if transport is not None else emu.httpx2_transport()
+    model = wrap(plain, engine=engine, use_batches=True, upstream_transport=upstream)
+    batcher = model.haikucache_batcher  # type: ignore[attr-defined]
+    batcher.poll_interval = batcher.max_poll_interval = 0.01  # the emulator answers at once
+    return model
+
+
+def within(seconds: float, call: Callable[[], Any]) -> Any:
+    """``call()``, failing the test (not hanging it) if it does not return in time."""
+    done: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(call())
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    try:
+        return done.result(seconds)
+    except FutureTimeout:  # not the builtin before Python 3.11
+        pytest.fail(f"no answer within {seconds} s")
+
+
+@pytest.mark.parametrize("upstream", ["in-process", "loopback HTTP"])
+def test_the_default_batcher_reaches_the_api_through_the_models_transport(
+    emu: Emulator, engine: Engine, home: Path, upstream: str
+) -> None:
+    if upstream == "in-process":
+        model = batching(emu, engine)
+        replies = within(30, lambda: model.batch(["One", "Two", "Three"]))
+    else:
+        httpx2 = pytest.importorskip("httpx2")
+        with emu.serve() as url, httpx2.HTTPTransport() as transport:
+            model = batching(emu, engine, base_url=url, transport=transport)
+            replies = within(30, lambda: model.batch(["One", "Two", "Three"]))
+    assert [r.response_metadata["haikucache"]["batch"] for r in replies] == [True] * 3
+    assert emu.requests["batches.create"] == 1 and emu.requests["messages"] == 0
+    # The same key and engine as the model's realtime calls: those answers are now hits.
+    again = model.invoke("Two")
+    assert again.response_metadata["haikucache"]["cache"] == "hit"
+    assert again.content == replies[1].content
+
+
+async def test_the_default_batcher_serves_abatch_too(
+    emu: Emulator, engine: Engine, home: Path
+) -> None:
+    model = batching(emu, engine)
+    replies = await asyncio.wait_for(model.abatch(["One", "Two"]), 30)
+    assert [r.response_metadata["haikucache"]["batch"] for r in replies] == [True] * 2
+    assert emu.requests["batches.create"] == 1
+
+
+def test_no_batch_is_left_open_once_batch_returns(
+    emu: Emulator, engine: Engine, home: Path
+) -> None:
+    model = batching(emu, engine)
+    journal = DiskBatchJournal(home / "batches")
+    for i in range(5):
+        (reply,) = within(30, functools.partial(model.batch, [f"Question {i}"]))
+        assert reply.response_metadata["haikucache"]["batch"] is True
+        # Closed before the answers were handed out, not some time after.
+        assert [r.is_open for r in journal.records()] == [False] * (i + 1)
+    journal.close()
+    out = io.StringIO()
+    assert cli(["batches", "list", "--open", "--json"], out=out) == 0
+    assert json.loads(out.getvalue())["batches"] == []
+    # A later resume (even one that takes over this live process's batches) has nothing to do.
+    out = io.StringIO()
+    code = cli(
+        ["batches", "resume", "--json", "--force", "--base-url", "http://emulator.local"], out=out
+    )
+    assert code == 0 and json.loads(out.getvalue())["batches"] == []
+    assert emu.requests["batches.create"] == 5 and len(emu.bill.entries) == 5
