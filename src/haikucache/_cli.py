@@ -1,4 +1,5 @@
-"""The ``haikucache`` command: ``demo``, ``emulator``, ``explain``, ``report``, ``batches``.
+"""The ``haikucache`` command: ``demo``, ``emulator``, ``explain``, ``report``, ``batches``,
+``serve``.
 
 Exit codes: 0 success, 1 the upstream failed, 2 a usage error (bad arguments or options),
 130 interrupted.
@@ -543,13 +544,23 @@ def _cmd_batches_resume(args: argparse.Namespace, out: TextIO) -> int:
                 text_columns=3,
             )
             print(
-                f"{report.delivered:,} answer(s) stored in the response cache; "
+                f"{report.delivered:,} answer(s) delivered and accounted (complete ones "
+                "stored in the response cache); "
                 f"{report.failed:,} job(s) without an answer.",
                 file=out,
             )
         for token, reason in report.skipped:
             print(f"skipped {token}: {reason}", file=out)
     return EXIT_OK if report.failed == 0 else EXIT_UPSTREAM
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    from ._proxy import run
+
+    return run(args, out)
 
 
 # --------------------------------------------------------------------------- main
@@ -688,6 +699,18 @@ def _parser() -> argparse.ArgumentParser:
     for p in (b_list, b_status, b_resume):
         p.add_argument("--journal", default=None, help=journal_help)
         p.add_argument("--json", action="store_true")
+
+    from ._proxy import add_arguments as add_serve_arguments
+
+    add_serve_arguments(
+        sub.add_parser(
+            "serve",
+            help="run the Anthropic-compatible proxy (point ANTHROPIC_BASE_URL at it)",
+            description="Serve the Messages API through haikucache: validation, prompt-cache "
+            "breakpoints, the response cache and the ledger for any client in any language. "
+            "Needs pip install 'haikucache[serve]'.",
+        )
+    )
     return parser
 
 
@@ -703,6 +726,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "explain": _cmd_explain,
     "report": _cmd_report,
     "batches": _cmd_batches,
+    "serve": _cmd_serve,
 }
 
 

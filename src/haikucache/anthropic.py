@@ -373,12 +373,9 @@ def _transport_classes(lib: ModuleType) -> tuple[type, type]:
             return raw
         response, content = outcome.raw
         info = Door.kept(outcome)
-        if info is None:
-            if content is None:
-                return response
-            headers = passthrough_headers(response.headers, {})
-        else:
-            headers = passthrough_headers(response.headers, info_headers(info))
+        if info is None and content is None:
+            return response
+        headers = passthrough_headers(response.headers, info_headers(info) if info else {})
         out = lib.Response(
             response.status_code,
             headers=headers,
