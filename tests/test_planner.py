@@ -176,6 +176,38 @@ def test_caller_markers_are_kept_and_the_total_never_exceeds_four() -> None:
     assert markers(planned)["tools.0"] == "5m" and markers(planned)["system.0"] == "5m"
 
 
+@pytest.mark.parametrize("ttl", ["1h", "5m", None])
+@pytest.mark.parametrize("policy", ["adaptive", "always"])
+def test_a_callers_marker_on_a_large_system_block_reaches_the_api_unchanged(
+    ttl: str | None, policy: str
+) -> None:
+    """A marker the planner would also place is never overwritten, moved or downgraded."""
+    mark: dict[str, Any] = (
+        {"type": "ephemeral"} if ttl is None else {"type": "ephemeral", "ttl": ttl}
+    )
+    body = request()
+    body["system"] = [{"type": "text", "text": POLICY, "cache_control": dict(mark)}]
+    planner = Planner(policy)
+    for _ in range(3):  # also once the planner has learned that the prefix recurs
+        plan = planner.plan(copy.deepcopy(body))
+        assert plan.body["system"][0]["cache_control"] == mark
+    emulator = Emulator()
+    with Client(
+        api_key="sk-test",
+        base_url="http://emulator.test",
+        transport=emulator.transport(),
+        engine=Engine(ledger=False, planner=policy, store=None),
+    ) as client:
+        client.messages.create(**body)
+        client.messages.create(**body, no_cache=True)
+    for sent in emulator.log:
+        assert sent.body["system"][0]["cache_control"] == mark
+    usage = [e.usage for e in emulator.bill.entries]
+    if ttl == "1h":  # billed as a 1-hour write, then read
+        assert usage[0]["cache_creation"]["ephemeral_1h_input_tokens"] > 4096
+        assert usage[1]["cache_read_input_tokens"] > 4096
+
+
 def test_a_top_level_cache_control_covers_the_tail() -> None:
     plan = Planner().plan(request(cache_control={"type": "ephemeral"}))
     assert "messages.0.content.0" not in markers(plan.body)

@@ -840,7 +840,16 @@ class Planner:
         caller: list[_Block],
         skipped: list[tuple[str, str]],
     ) -> list[_Candidate]:
-        ready = [c for c in candidates if c.ttl is not None]
+        ready = []
+        for c in candidates:
+            if c.ttl is None:
+                continue
+            if c.block.marker is not None:
+                # The caller's own marker is already there: it is never overwritten, moved
+                # or downgraded (a 1h marker replaced by a 5m one was billed as a 5m write).
+                skipped.append((_public_path(c.block.path), "the caller's own marker is here"))
+                continue
+            ready.append(c)
         ready.sort(key=lambda c: c.value, reverse=True)
         chosen = ready[: max(0, slots)]
         for c in ready[max(0, slots) :]:
