@@ -25,6 +25,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -304,7 +305,8 @@ class MemoryLedger(_BucketLedger):
     def __init__(self, *, keep: int = 10_000) -> None:
         self._lock = threading.Lock()
         self._buckets: dict[tuple[str, str, str], LedgerTotals] = {}
-        self._entries: list[LedgerEntry] = []
+        # A bounded deque: once full, each record drops the oldest in O(1).
+        self._entries: deque[LedgerEntry] = deque(maxlen=max(0, keep))
         self._keep = keep
         self._warned_models = set()
 
@@ -317,8 +319,6 @@ class MemoryLedger(_BucketLedger):
                 bucket = self._buckets[key] = LedgerTotals(*key)
             bucket.add(entry)
             self._entries.append(entry)
-            if len(self._entries) > self._keep:
-                del self._entries[: len(self._entries) - self._keep]
 
     @property
     def entries(self) -> list[LedgerEntry]:
