@@ -210,7 +210,8 @@ class Pipeline:
         # Every haikucache store has leases; a home-made store without them coalesces
         # within the process only.
         leases: LockStore | None = store if _has_leases(store) else None
-        aleases: AsyncLockStore | None = store if isinstance(store, AsyncResponseStore) else None
+        self._astore_leases = store if isinstance(store, AsyncResponseStore) else None
+        aleases: AsyncLockStore | None = self._astore_leases
         self._flights = SingleFlight(leases, lease=flight_lease, wait=flight_wait)
         self._aflights = AsyncSingleFlight(aleases, lease=flight_lease, wait=flight_wait)
         # A call that will not store its answer gives other processes nothing to find: it
@@ -442,8 +443,8 @@ class Pipeline:
         if store is None:
             return None
         now = self.engine.clock.now()
-        if isinstance(store, AsyncResponseStore):
-            entry = await store.aget(call.key, now=now)
+        if self._astore_leases is not None:
+            entry = await self._astore_leases.aget(call.key, now=now)
         else:
             entry = store.get(call.key, now=now)
         return self._served(call, entry)

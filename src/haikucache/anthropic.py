@@ -367,18 +367,17 @@ def _transport_classes(lib: ModuleType) -> tuple[type, type]:
     def answer(request: Any, outcome: Outcome[Any]) -> Any:
         """The response for an outcome: upstream's own (decoded) for a miss, else rendered."""
         if outcome.raw is None:
-            content, headers, call_info = Door.render(outcome)
-            raw = lib.Response(200, headers=headers, content=content, request=request)
+            rendered, rendered_headers, call_info = Door.render(outcome)
+            raw = lib.Response(200, headers=rendered_headers, content=rendered, request=request)
             REGISTRY.add_response(raw, _Box(call_info))
             return raw
         response, content = outcome.raw
         info = Door.kept(outcome)
         if info is None and content is None:
             return response
-        headers = passthrough_headers(response.headers, info_headers(info) if info else {})
         out = lib.Response(
             response.status_code,
-            headers=headers,
+            headers=passthrough_headers(response.headers, info_headers(info) if info else {}),
             content=content,
             request=request,
             extensions=response.extensions,
