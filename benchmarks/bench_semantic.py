@@ -36,6 +36,27 @@ Figures (``{"figures": {...}}`` in OUT, and a table on stdout):
   at most haikucache's.
 * ``mock_data_recall``: all 999 origins in one cache, each paraphrase looked up: the share
   served with its own origin (``mock_data_false_hits``: served with another).
+* The verification stage (``SemanticConfig(verifier=...)``, default the lexical contrast checks
+  of ``haikucache._verify``): every QQP figure above is for the shipped default (guards *and*
+  verifier); ``qqp_guards_only_test_*`` are the same threshold without the verifier (what
+  haikucache did before it), and ``verify_p50_ms`` is the verifier's time per candidate
+  (median over QQP test and trap pairs, its per-text cache cleared: a cold pair).
+* The trap set (``benchmarks/data/traps.jsonl``, written for this project, Apache-2.0; see its
+  README): pairs that fool embeddings (antonyms, negating prefixes, negation, direction,
+  comparatives, times, units, scope) and paraphrases that must hit, split into ``dev`` (used
+  to write the verifier) and ``heldout`` (never tuned on). ``trap_false_hit_rate_<split>`` =
+  traps served / traps (a trap served is a wrong answer), ``trap_paraphrase_hit_rate_<split>``
+  = paraphrases served / paraphrases, with the default config; ``..._guards_only`` without
+  the verifier, per category under ``traps`` in OUT.
+* The error bound (``SemanticConfig(max_false_hit_rate=δ)``): ``bound_<δ>_*`` replays the QQP
+  test pairs as one stream (fixed-seed order; the cache holds ``text_a``, ``text_b`` is asked)
+  through ``SemanticIndex.decide`` with the threshold floor at ``BOUND_FLOOR``; a labelled or
+  sampled outcome is the pair's QQP label (standing in for the comparison of the cached
+  answer with the fresh one). ``served_wrong_share`` (wrong hits / hits: what δ bounds),
+  ``false_hit_rate``, ``hit_rate``, ``precision``, the learned threshold at the end, and the
+  upstream calls spent on sampled hits.
+* ``judge_usd_per_verdict``: what one ``HaikuJudge`` verdict costs at Haiku 4.5 prices, from
+  the emulator's bill over trap pairs (the emulator's replies are not judgements: cost only).
 * ``embed_ms_per_question`` (one short question per call) and ``semantic_lookup_p50_ms_100k``
   (index search only, no embedding: 100k random unit 384-d vectors in one partition, numpy
   exact; ``..._usearch`` with the ANN index, full runs only). :func:`semantic_lookup_p50_ms`
@@ -69,13 +90,19 @@ from haikucache._semantic import (
     GUARDS,
     SemanticConfig,
     SemanticIndex,
+    SemanticMatch,
     calibrate_threshold,
     check_guards,
 )
+from haikucache._verify import HaikuJudge, LexicalVerifier, _read
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gptcache-qqp"
+TRAPS = Path(__file__).resolve().parent / "data" / "traps.jsonl"
 SEED = 20260422
-DEV_BUDGET = 0.015
+DEV_BUDGET = 0.01
+BOUND_DELTAS = (0.05, 0.1, 0.15)
+BOUND_FLOOR = 0.8
+VERIFIER = LexicalVerifier()
 
 
 # --------------------------------------------------------------------------- data
@@ -145,12 +172,17 @@ class Vectors:
 
 
 def guarded(
-    pairs: list[tuple[str, str, int]], sims: np.ndarray, guards: tuple[str, ...]
+    pairs: list[tuple[str, str, int]],
+    sims: np.ndarray,
+    guards: tuple[str, ...],
+    *,
+    verify: bool = True,
 ) -> np.ndarray:
-    """Scores with guard-rejected pairs at -inf."""
+    """Scores with pairs a guard (or, with ``verify``, the verifier) rejects at -inf."""
     out = sims.astype(np.float64).copy()
     for i, (a, b, _) in enumerate(pairs):
-        if guards and check_guards(b, a, guards) is not None:
+        refused = guards and check_guards(b, a, guards) is not None
+        if refused or (verify and VERIFIER.verify(b, a) is not None):
             out[i] = -math.inf
     return out
 
@@ -321,6 +353,128 @@ def retrieval_gptcache(
     return best
 
 
+# --------------------------------------------------------------------------- traps
+
+
+def load_traps(path: Path = TRAPS) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def trap_figures(
+    traps: list[dict[str, str]], vectors: Vectors, threshold: float
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Served shares of traps and paraphrases, per split, with and without the verifier."""
+    figures: dict[str, float] = {}
+    detail: dict[str, Any] = {}
+    for split_name in ("dev", "heldout"):
+        rows = [r for r in traps if r["split"] == split_name]
+        for variant, verify in (("", True), ("_guards_only", False)):
+            served: dict[str, list[bool]] = defaultdict(list)
+            for r in rows:
+                similarity = float(vectors[r["a"]] @ vectors[r["b"]])
+                ok = similarity >= threshold and check_guards(r["b"], r["a"]) is None
+                if ok and verify:
+                    ok = VERIFIER.verify(r["b"], r["a"]) is None
+                served[r["category"]].append(ok)
+            trap_rows = [x for c, xs in served.items() if c != "paraphrase" for x in xs]
+            paraphrases = served.get("paraphrase", [])
+            figures[f"trap_false_hit_rate_{split_name}{variant}"] = float(np.mean(trap_rows))
+            figures[f"trap_paraphrase_hit_rate_{split_name}{variant}"] = float(np.mean(paraphrases))
+            detail[f"{split_name}{variant}"] = {
+                c: {"pairs": len(xs), "served": float(np.mean(xs))}
+                for c, xs in sorted(served.items())
+            }
+        figures[f"trap_pairs_{split_name}"] = sum(r["label"] == "different" for r in rows)
+        figures[f"trap_paraphrases_{split_name}"] = sum(r["label"] == "same" for r in rows)
+    return figures, detail
+
+
+def verify_p50_ms(pairs: list[tuple[str, str]]) -> float:
+    """Median time of one verification, each pair seen for the first time (cold cache)."""
+    times = []
+    for a, b in pairs:
+        _read.cache_clear()
+        started = time.perf_counter()
+        VERIFIER.verify(b, a)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+# --------------------------------------------------------------------------- error bound
+
+
+def bound_replay(
+    pairs: list[tuple[str, str, int]], sims: np.ndarray, delta: float, *, sample_rate: float = 0.05
+) -> dict[str, float]:
+    """The QQP pairs as one stream through ``SemanticIndex.decide`` under an error bound.
+
+    Each pair is one lookup with one candidate (its ``text_a``); what the pipeline would do
+    with the decision is simulated: a served hit is right or wrong by the pair's label, a
+    labelled or sampled candidate reports that label as its outcome.
+    """
+    config = SemanticConfig(
+        embedder=lambda texts: [],
+        threshold=BOUND_FLOOR,
+        max_false_hit_rate=delta,
+        sample_rate=sample_rate,
+        seed=SEED,
+    )
+    index = SemanticIndex(config)
+    order = list(range(len(pairs)))
+    random.Random(SEED).shuffle(order)
+    served = wrong = sampled = labelled = 0
+    for i in order:
+        a, b, label = pairs[i]
+        decision = index.decide(b, [SemanticMatch(a, float(sims[i]), a)])
+        if decision.serve is not None and not decision.sampled:
+            served += 1
+            wrong += label == 0
+        if decision.label is not None:
+            sampled += decision.sampled
+            labelled += not decision.sampled
+            index.record_outcome(decision.label, label == 1, sampled=decision.sampled)
+    positives = sum(p[2] for p in pairs)
+    negatives = len(pairs) - positives
+    return {
+        "served": served,
+        "served_wrong_share": wrong / served if served else 0.0,
+        "precision": 1 - wrong / served if served else 1.0,
+        "false_hit_rate": wrong / max(negatives, 1),
+        "hit_rate": (served - wrong) / max(positives, 1),
+        "sampled_upstream_calls": sampled,
+        "labelled_misses": labelled,
+        "final_threshold": index.learned_threshold(),
+    }
+
+
+# --------------------------------------------------------------------------- judge
+
+
+def judge_cost(traps: list[dict[str, str]], n: int = 40) -> dict[str, float]:
+    """What ``HaikuJudge`` verdicts cost, billed by the emulator at Haiku 4.5 prices."""
+    from haikucache import Client, Engine, MemoryLedger
+    from haikucache.testing import Emulator
+
+    emulator = Emulator()
+    ledger = MemoryLedger()
+    engine = Engine(store=None, ledger=ledger)
+    with Client(
+        api_key="sk-bench",
+        base_url="http://emulator.local",
+        transport=emulator.transport(),
+        engine=engine,
+    ) as client:
+        judge = HaikuJudge(client)
+        for r in traps[:n]:
+            judge.verify(r["b"], r["a"])
+    inputs = [e.tokens.input for e in ledger.entries]
+    return {
+        "judge_usd_per_verdict": judge.cost_usd / max(judge.calls, 1),
+        "judge_input_tokens_per_verdict": float(np.mean(inputs)) if inputs else 0.0,
+        "judge_max_tokens": float(judge.max_tokens),
+    }
+
+
 # --------------------------------------------------------------------------- latency
 
 
@@ -366,6 +520,7 @@ def run(
     pairs = load_pairs(data)
     dev, test = split(pairs, sample=sample if sample is not None else (2_500 if quick else None))
     mock = json.loads((data / "mock_data.json").read_text(encoding="utf-8"))
+    traps = load_traps()
     texts = (
         {t for p in dev + test for t in p[:2]}
         | {m["origin"] for m in mock}
@@ -380,16 +535,22 @@ def run(
     test_labels = np.array([p[2] == 1 for p in test])
     dev_sims, test_sims = vectors.sims(dev), vectors.sims(test)
 
-    variants: dict[str, tuple[str, ...]] = {"all_guards": GUARDS, "no_guards": ()}
-    variants.update({f"guard_{g}": (g,) for g in GUARDS})
-    variants.update({f"all_but_{g}": tuple(x for x in GUARDS if x != g) for g in GUARDS})
+    # name -> (guards, verifier on)
+    variants: dict[str, tuple[tuple[str, ...], bool]] = {
+        "all_guards": (GUARDS, True),
+        "guards_only": (GUARDS, False),
+        "verifier_only": ((), True),
+        "no_guards": ((), False),
+    }
+    variants.update({f"guard_{g}": ((g,), False) for g in GUARDS})
+    variants.update({f"all_but_{g}": (tuple(x for x in GUARDS if x != g), True) for g in GUARDS})
     results: dict[str, dict[str, float]] = {}
-    for name, guards in variants.items():
-        dev_scores = guarded(dev, dev_sims, guards)
+    for name, (guards, verify) in variants.items():
+        dev_scores = guarded(dev, dev_sims, guards, verify=verify)
         threshold, _, _ = calibrate_threshold(
             dev_scores.tolist(), dev_labels.tolist(), max_false_hit_rate=DEV_BUDGET
         )
-        test_scores = guarded(test, test_sims, guards)
+        test_scores = guarded(test, test_sims, guards, verify=verify)
         r = rates(test_scores, test_labels, threshold)
         rejected = float(np.mean(np.isinf(test_scores)))
         results[name] = {"threshold": threshold, **r, "rejected_by_guards": rejected}
@@ -406,21 +567,50 @@ def run(
     figures["qqp_dev_calibrated_threshold"] = calibrated["threshold"]
     figures["qqp_test_false_hit_rate_calibrated"] = calibrated["false_hit_rate"]
     figures["qqp_test_hit_rate_calibrated"] = calibrated["hit_rate"]
-    # The headline: what users get, at the shipped default threshold.
+    figures["qqp_test_precision_calibrated"] = calibrated["precision"]
+    # The headline: what users get, at the shipped default threshold (guards and verifier).
     default = rates(guarded(test, test_sims, GUARDS), test_labels, DEFAULT_THRESHOLD)
+    before = rates(guarded(test, test_sims, GUARDS, verify=False), test_labels, DEFAULT_THRESHOLD)
     best = {"threshold": DEFAULT_THRESHOLD, **default}
     figures["qqp_threshold"] = DEFAULT_THRESHOLD
     figures["qqp_test_false_hit_rate"] = default["false_hit_rate"]
-    figures["qqp_test_hit_rate"] = default["hit_rate"]
     figures["qqp_test_precision"] = default["precision"]
+    figures["qqp_test_hit_rate"] = default["hit_rate"]
+    figures["qqp_guards_only_test_false_hit_rate"] = before["false_hit_rate"]
+    figures["qqp_guards_only_test_precision"] = before["precision"]
+    figures["qqp_guards_only_test_hit_rate"] = before["hit_rate"]
+    dev_default = rates(guarded(dev, dev_sims, GUARDS), dev_labels, DEFAULT_THRESHOLD)
+    figures["qqp_dev_false_hit_rate"] = dev_default["false_hit_rate"]
+    figures["qqp_dev_precision"] = dev_default["precision"]
+    figures["qqp_dev_hit_rate"] = dev_default["hit_rate"]
     for name, r in results.items():
         if name == "all_guards":
             continue
         figures[f"qqp_{name}_threshold"] = r["threshold"]
         figures[f"qqp_{name}_false_hit_rate"] = r["false_hit_rate"]
         figures[f"qqp_{name}_hit_rate"] = r["hit_rate"]
+        figures[f"qqp_{name}_precision"] = r["precision"]
     figures["qqp_dev_pairs"] = len(dev)
     figures["qqp_test_pairs"] = len(test)
+
+    # The trap set, at the default threshold.
+    trap_vectors = Vectors(embedder, {t for r in traps for t in (r["a"], r["b"])}, cache_dir)
+    trap_numbers, extra["traps"] = trap_figures(traps, trap_vectors, DEFAULT_THRESHOLD)
+    figures.update(trap_numbers)
+    figures["verify_p50_ms"] = verify_p50_ms(
+        [(a, b) for a, b, _ in test[:2_000]] + [(r["a"], r["b"]) for r in traps]
+    )
+
+    # The error bound, replayed over the test pairs.
+    extra["bound"] = {}
+    for delta in BOUND_DELTAS:
+        replay = bound_replay(test, test_sims, delta)
+        extra["bound"][str(delta)] = replay
+        for key in ("served_wrong_share", "false_hit_rate", "hit_rate", "precision"):
+            figures[f"bound_{delta}_{key}"] = replay[key]
+        figures[f"bound_{delta}_final_threshold"] = replay["final_threshold"]
+        figures[f"bound_{delta}_sampled_upstream_calls"] = replay["sampled_upstream_calls"]
+    figures.update(judge_cost([r for r in traps if r["split"] == "dev"]))
 
     print(
         f"pairwise: threshold {best['threshold']:.4f}, test false-hit rate "
@@ -482,16 +672,61 @@ def show(result: dict[str, Any]) -> None:
             f"{p['false_hit_rate']:.3f}",
         )
     console.print(table)
-    table = Table(title="Guards: each calibrated on dev to the same false-hit budget")
-    for col in ("variant", "threshold", "test false-hit rate", "test hit rate", "rejected"):
+    table = Table(title="Guards and verifier: each calibrated on dev to the same false-hit budget")
+    for col in (
+        "variant",
+        "threshold",
+        "test false-hit rate",
+        "test precision",
+        "test hit rate",
+        "rejected",
+    ):
         table.add_column(col, justify="right")
     for name, r in result["variants"].items():
         table.add_row(
             name,
             f"{r['threshold']:.4f}",
             f"{r['false_hit_rate']:.4f}",
+            f"{r['precision']:.4f}",
             f"{r['hit_rate']:.4f}",
             f"{r['rejected_by_guards']:.3f}",
+        )
+    console.print(table)
+    table = Table(
+        title=f"Trap set at the default threshold {figures['qqp_threshold']}: share served"
+    )
+    for col in ("category", "dev", "dev, guards only", "held out", "held out, guards only"):
+        table.add_column(col, justify="right")
+    traps = result["curve"]["traps"]
+    for category in traps["dev"]:
+        table.add_row(
+            category,
+            *(
+                f"{traps[k][category]['served']:.3f}" if category in traps[k] else "-"
+                for k in ("dev", "dev_guards_only", "heldout", "heldout_guards_only")
+            ),
+        )
+    console.print(table)
+    table = Table(title="Error bound: QQP test replayed as one stream (floor 0.8, 5 % sampled)")
+    for col in (
+        "δ",
+        "wrong share of hits",
+        "false-hit rate",
+        "precision",
+        "hit rate",
+        "final threshold",
+        "sampled upstream calls",
+    ):
+        table.add_column(col, justify="right")
+    for delta, r in result["curve"]["bound"].items():
+        table.add_row(
+            delta,
+            f"{r['served_wrong_share']:.4f}",
+            f"{r['false_hit_rate']:.4f}",
+            f"{r['precision']:.4f}",
+            f"{r['hit_rate']:.4f}",
+            f"{r['final_threshold']:.3f}",
+            str(r["sampled_upstream_calls"]),
         )
     console.print(table)
     table = Table(title="Figures")

@@ -311,7 +311,7 @@ def test_guards_hold_even_under_a_permissive_threshold(
     engine = engine_for(MemoryStore(), threshold=0.0)
     answer(engine, emulator, ask(stored))
     assert answer(engine, emulator, ask(asked)).cache == "miss"
-    unguarded = engine_for(MemoryStore(), threshold=0.0, guards=())
+    unguarded = engine_for(MemoryStore(), threshold=0.0, guards=(), verifier=None)
     answer(unguarded, emulator, ask(stored))
     assert answer(unguarded, emulator, ask(asked)).cache == "semantic"
 
@@ -612,7 +612,9 @@ def test_redis_engines_share_vectors_and_follow_each_other(
 
     # Invalidated by one engine: the other, whose index still holds the vector, never serves it.
     assert (
-        first.invalidate(key=first.prepare(ask("Is there wifi on board?"), credential="sk-test").key)
+        first.invalidate(
+            key=first.prepare(ask("Is there wifi on board?"), credential="sk-test").key
+        )
         == 1
     )
     assert answer(second, emulator, ask("wifi on board?")).cache == "miss"

@@ -10,7 +10,12 @@ similarity with the stored questions; a candidate is served only when
 2. it passes every *guard*: cheap offline checks that reject paraphrase-looking questions
    whose numbers, negation or named entities differ ("… in 2019" vs "… in 2020", "why is X
    safe" vs "why is X not safe", "capital of France" vs "capital of Spain"). Embeddings
-   score such pairs high; the answer to one is wrong for the other.
+   score such pairs high; the answer to one is wrong for the other;
+3. it passes the *verifiers* (``haikucache._verify``): by default offline lexical contrast
+   checks (antonyms, negating prefixes, negation, comparatives, direction, times, units,
+   scope), optionally Claude Haiku as a judge; and
+4. under a user-set error bound (``max_false_hit_rate=δ``), its similarity reaches the
+   threshold that :class:`ErrorBound` learns online from verified outcomes.
 
 The pieces:
 
@@ -21,6 +26,13 @@ The pieces:
 ``SemanticIndex``      the per-partition vector indexes of one engine, kept in sync with the
                        store (vectors live in the store; each process keeps a local index).
 ``check_guards``       the guards, usable alone.
+``ErrorBound``         the online threshold learner behind ``max_false_hit_rate``.
+
+The pipeline's part under an error bound: :meth:`SemanticIndex.decide` returns a
+:class:`SemanticDecision`; when it has a ``label``, the call goes upstream (for a sampled hit
+too), the fresh answer is compared with the labelled candidate's stored answer
+(:meth:`SemanticConfig.answers_agree`) and the result is reported with
+:meth:`SemanticIndex.record_outcome`.
 
 numpy is needed (``pip install 'haikucache[semantic]'``); ``usearch`` optionally
 (``haikucache[ann]``) for an approximate index on very large partitions.
@@ -33,8 +45,11 @@ import functools
 import inspect
 import logging
 import math
+import random
 import re
+import statistics
 import threading
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -42,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import xxhash
 
 from ._exceptions import ConfigurationError, MissingDependencyError
+from ._verify import LexicalVerifier, Verifier
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,14 +68,18 @@ if TYPE_CHECKING:
     FloatArray = npt.NDArray[np.float32]
 
 __all__ = [
+    "DEFAULT_ANSWER_AGREEMENT",
+    "DEFAULT_SAMPLE_RATE",
     "DEFAULT_THRESHOLD",
     "GUARDS",
     "AsyncEmbedder",
     "CallableEmbedder",
     "Embedder",
+    "ErrorBound",
     "LangChainEmbedder",
     "LlamaIndexEmbedder",
     "SemanticConfig",
+    "SemanticDecision",
     "SemanticIndex",
     "SemanticMatch",
     "as_embedder",
@@ -77,6 +97,32 @@ DEFAULT_THRESHOLD = 0.95
 
 #: The guards, in the order they are checked.
 GUARDS: tuple[str, ...] = ("numbers", "negation", "entities")
+
+#: With an error bound, the share of would-be semantic hits that also go upstream to be checked.
+DEFAULT_SAMPLE_RATE = 0.05
+#: Two answers agree when their embeddings' cosine reaches this (or their texts are equal).
+DEFAULT_ANSWER_AGREEMENT = 0.9
+
+
+def default_verifiers() -> tuple[Verifier, ...]:
+    """The verification stage used unless told otherwise: the offline lexical checks."""
+    return (LexicalVerifier(),)
+
+
+def _verifiers_of(value: Any) -> tuple[Verifier, ...]:
+    if value is None or value is False:
+        return ()
+    if callable(getattr(value, "verify", None)):
+        return (value,)
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            if not callable(getattr(item, "verify", None)):
+                raise ConfigurationError(f"{item!r} is not a verifier (it has no verify method)")
+        return tuple(value)
+    raise ConfigurationError(
+        "verifier must be a Verifier (with verify(query, candidate)), a sequence of them or "
+        f"None, got {value!r}"
+    )
 
 
 def _numpy() -> Any:
@@ -617,6 +663,24 @@ class SemanticConfig:
             partition (``0``: before every lookup).
         name: what identifies the embedder's vectors (default: derived from the embedder).
         strict: raise embedder failures instead of treating them as misses (for tests).
+        verifier: what checks a candidate that passed the threshold and the guards before
+            it is served: a :class:`~haikucache._verify.Verifier` (``verify(query,
+            candidate) -> reason | None``), a sequence of them (run in order), or ``None``
+            to serve on threshold and guards alone. Default: :class:`LexicalVerifier`
+            (offline contrast checks: antonyms, negating prefixes, negation, comparatives,
+            direction, times, units, scope).
+        max_false_hit_rate: a user-set error bound δ (as in vCache): the share of semantic
+            hits that may be wrong. With it, each candidate is also held to a threshold
+            learned online from verified outcomes (:class:`ErrorBound`); until enough
+            outcomes are in, candidates go upstream and are labelled instead of served.
+            ``None`` (the default): the fixed ``threshold`` alone.
+        sample_rate: with ``max_false_hit_rate``, the share of would-be hits that also go
+            upstream so their answers can be compared (the verification samples).
+        answer_agreement: two answers agree (a sampled hit was right) when their texts are
+            equal or their embeddings' cosine is at least this.
+        bound_scope: ``"index"`` (outcomes pooled over every partition of the engine) or
+            ``"partition"`` (each partition learns its own threshold).
+        seed: seeds the sampling, so a replay is deterministic.
     """
 
     embedder: Any
@@ -628,7 +692,14 @@ class SemanticConfig:
     sync_interval: float = 0.25
     name: str | None = None
     strict: bool = False
+    verifier: Any = field(default_factory=default_verifiers)
+    max_false_hit_rate: float | None = None
+    sample_rate: float = DEFAULT_SAMPLE_RATE
+    answer_agreement: float = DEFAULT_ANSWER_AGREEMENT
+    bound_scope: str = "index"
+    seed: int = 0
     _embedder: Embedder = field(init=False, repr=False, compare=False)
+    _verifiers: tuple[Verifier, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _numpy()
@@ -666,6 +737,63 @@ class SemanticConfig:
             or self.sync_interval < 0
         ):
             raise ConfigurationError("sync_interval must be a number of seconds >= 0")
+        object.__setattr__(self, "_verifiers", _verifiers_of(self.verifier))
+        delta = self.max_false_hit_rate
+        if delta is not None and (
+            isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1
+        ):
+            raise ConfigurationError(f"max_false_hit_rate must be a share in (0, 1), got {delta!r}")
+        for name in ("sample_rate", "answer_agreement"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ConfigurationError(f"{name} must be a number in (0, 1], got {value!r}")
+        if self.bound_scope not in ("index", "partition"):
+            raise ConfigurationError(
+                f"bound_scope must be 'index' or 'partition', got {self.bound_scope!r}"
+            )
+
+    @property
+    def verifiers(self) -> tuple[Verifier, ...]:
+        """The verifiers a candidate passes before it is served, in order."""
+        return self._verifiers
+
+    def verify(self, query: str, candidate: str) -> str | None:
+        """Why ``candidate``'s answer must not be served for ``query`` (``None``: it may).
+
+        A verifier that raises refuses the candidate (logged; raised with ``strict``).
+        """
+        for verifier in self._verifiers:
+            try:
+                reason = verifier.verify(query, candidate)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                logger.warning(
+                    "haikucache: verifier %r failed (%s: %s); not served",
+                    verifier,
+                    type(exc).__name__,
+                    exc,
+                )
+                return "error"
+            if reason is not None:
+                return reason
+        return None
+
+    def answers_agree(self, cached: str, fresh: str) -> bool:
+        """Whether a cached answer and a fresh upstream answer to the same question agree.
+
+        Equal texts (whitespace aside) agree; otherwise the cosine of their embeddings must
+        reach ``answer_agreement`` (0.9 by default: answers sampled at temperature > 0 differ
+        in wording, not in substance). An embedder failure counts as disagreement.
+        """
+        if " ".join(cached.split()) == " ".join(fresh.split()):
+            return True
+        try:
+            a, b = self.embed([cached, fresh])
+        except Exception as exc:
+            logger.warning("haikucache: could not compare answers (%s); counted as wrong", exc)
+            return False
+        return float(a @ b) >= self.answer_agreement
 
     @property
     def model_tag(self) -> str:
@@ -903,6 +1031,174 @@ class _UsearchPartition:
 PURGE_INTERVAL = 60.0
 
 
+# --------------------------------------------------------------------------- error bound
+
+
+@dataclass(frozen=True)
+class SemanticDecision:
+    """What :meth:`SemanticIndex.decide` made of one lookup's candidates.
+
+    Attributes:
+        serve: the candidate whose stored answer is served (``None``: a miss).
+        label: a candidate whose outcome is wanted: after the call went upstream, compare
+            the fresh answer with this candidate's stored answer
+            (:meth:`SemanticConfig.answers_agree`) and report it with
+            :meth:`SemanticIndex.record_outcome`. Set only under an error bound.
+        sampled: ``serve`` is a verification sample: send the call upstream anyway, answer
+            with the fresh answer, and report the comparison (``label`` is ``serve``).
+    """
+
+    serve: SemanticMatch | None = None
+    label: SemanticMatch | None = None
+    sampled: bool = False
+
+
+class ErrorBound:
+    """Learns, online, the least similarity whose semantic hits are wrong at most ``delta``.
+
+    The user-set error bound of vCache (Schroeder et al., "vCache: Verified Semantic Prompt
+    Caching", 2025), re-implemented from the idea: every verified outcome (the similarity of a
+    candidate that passed the guards and verifiers, and whether its stored answer agreed with
+    a fresh upstream answer) is kept, and the served threshold is the lowest similarity ``t``
+    such that, among outcomes at or above ``t``, the upper confidence bound (Wilson,
+    one-sided ``confidence``) of the wrong share is at most ``delta``. With no such ``t``
+    (at the start) nothing is served: every candidate goes upstream and is labelled, for free,
+    since that call was a miss anyway.
+
+    Outcomes come at two rates: a candidate under the learned threshold is labelled every time
+    (``decide`` says ``"label"``), a would-be hit only when sampled (``"sample"``, at
+    ``sample_rate``). Each outcome is weighted by the inverse of its chance of being labelled,
+    so the estimate is that of the hits actually served, and the confidence bound uses the
+    weights' effective sample size. Similarities are kept in bins of 0.001 (a threshold is a
+    bin's lower edge) and the last ``window`` outcomes per scope count, so the threshold
+    follows drift. Pure logic, deterministic for a ``seed``: no I/O, no clock.
+
+    Args:
+        delta: the largest share of wrong answers among semantic hits (``0 < delta < 1``).
+        sample_rate: the share of would-be hits also sent upstream to be checked.
+        confidence: how sure the bound must be (one-sided).
+        window: outcomes kept per scope.
+        seed: seeds the sampling.
+    """
+
+    #: Bins per unit of similarity (similarities run from -1 to 1).
+    RESOLUTION = 1000
+
+    def __init__(
+        self,
+        delta: float,
+        *,
+        sample_rate: float = DEFAULT_SAMPLE_RATE,
+        confidence: float = 0.99,
+        window: int = 20_000,
+        seed: int = 0,
+    ) -> None:
+        if not 0 < delta < 1:
+            raise ConfigurationError("delta must be a share in (0, 1)")
+        if not 0 < sample_rate <= 1:
+            raise ConfigurationError("sample_rate must be in (0, 1]")
+        if not 0.5 <= confidence < 1:
+            raise ConfigurationError("confidence must be in [0.5, 1)")
+        self.delta = float(delta)
+        self.sample_rate = float(sample_rate)
+        self.confidence = float(confidence)
+        self.window = int(window)
+        self._np = _numpy()
+        self._z = statistics.NormalDist().inv_cdf(confidence)
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        # Per scope: (weighted wrong, weighted total, squared weights) per bin, the outcomes
+        # in arrival order (for the window), and the threshold (absent: to be recomputed).
+        self._bins: dict[str, Any] = {}
+        self._order: dict[str, deque[tuple[int, float, bool]]] = {}
+        self._threshold: dict[str, float] = {}
+
+    def _bin(self, similarity: float) -> int:
+        top = 2 * self.RESOLUTION
+        return min(max(math.floor((similarity + 1.0) * self.RESOLUTION + 1e-9), 0), top)
+
+    def threshold(self, scope: str = "") -> float:
+        """The least similarity served now (``inf`` while the evidence is too thin)."""
+        with self._lock:
+            return self._threshold_locked(scope)
+
+    def _threshold_locked(self, scope: str) -> float:
+        cached = self._threshold.get(scope)
+        if cached is not None:
+            return cached
+        best = math.inf
+        bins = self._bins.get(scope)
+        if bins is not None:
+            np = self._np
+            # Cumulative from the top bin down: what a threshold at each bin's edge serves.
+            wrong, total, squares = (np.cumsum(bins[i][::-1]) for i in range(3))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                n_eff = np.where(squares > 0, total * total / squares, 0.0)
+                p = np.where(total > 0, wrong / total, 1.0)
+                z2 = self._z * self._z
+                upper = (
+                    p
+                    + z2 / (2 * n_eff)
+                    + self._z * np.sqrt(p * (1 - p) / n_eff + z2 / (4 * n_eff * n_eff))
+                ) / (1 + z2 / n_eff)
+            # Cut only at a bin that holds outcomes (below it nothing changes but the edge).
+            occupied = bins[1][::-1] > 0
+            ok = occupied & (upper <= self.delta) & np.isfinite(upper)
+            hits = np.flatnonzero(ok)
+            if hits.size:
+                lowest = len(total) - 1 - int(hits[-1])
+                best = lowest / self.RESOLUTION - 1.0
+        self._threshold[scope] = best
+        return best
+
+    def decide(self, similarity: float, scope: str = "") -> str:
+        """``"serve"``, ``"sample"`` (serve-worthy, but check it upstream) or ``"label"``
+        (under the learned threshold: a miss whose upstream answer labels the candidate)."""
+        with self._lock:
+            if similarity < self._threshold_locked(scope):
+                return "label"
+            return "sample" if self._rng.random() < self.sample_rate else "serve"
+
+    def record(self, similarity: float, correct: bool, *, sampled: bool, scope: str = "") -> None:
+        """One verified outcome. ``sampled``: it was a would-be hit checked by sampling."""
+        weight = 1.0 / self.sample_rate if sampled else 1.0
+        with self._lock:
+            bins = self._bins.get(scope)
+            if bins is None:
+                bins = self._bins[scope] = self._np.zeros((3, 2 * self.RESOLUTION + 1))
+            order = self._order.setdefault(scope, deque())
+            item = (self._bin(similarity), weight, not correct)
+            order.append(item)
+            self._add(bins, item, 1.0)
+            if len(order) > self.window:
+                self._add(bins, order.popleft(), -1.0)
+            self._threshold.pop(scope, None)
+
+    @staticmethod
+    def _add(bins: Any, item: tuple[int, float, bool], sign: float) -> None:
+        index, weight, wrong = item
+        bins[0, index] += sign * weight * wrong
+        bins[1, index] += sign * weight
+        bins[2, index] += sign * weight * weight
+
+    def stats(self, scope: str = "") -> dict[str, float]:
+        """Outcomes kept, the weighted wrong share above the threshold, the threshold."""
+        with self._lock:
+            threshold = self._threshold_locked(scope)
+            bins = self._bins.get(scope)
+            outcomes = len(self._order.get(scope, ()))
+            share = 0.0
+            if bins is not None and math.isfinite(threshold):
+                start = self._bin(threshold)
+                total = float(bins[1, start:].sum())
+                share = float(bins[0, start:].sum()) / total if total else 0.0
+            return {
+                "outcomes": float(outcomes),
+                "threshold": threshold,
+                "wrong_share_served": share,
+            }
+
+
 @dataclass
 class _Partition:
     index: _NumpyPartition | _UsearchPartition | None = None
@@ -926,6 +1222,17 @@ class SemanticIndex:
         self.config = config
         self._lock = threading.Lock()
         self._partitions: dict[str, _Partition] = {}
+        #: Why candidates above the threshold were not served: ``{"guard:numbers": 3,
+        #: "antonym": 2, ...}`` (the verifier's reason up to its first ``:``).
+        self.rejections: Counter[str] = Counter()
+        #: The error bound's learner (``None`` without ``max_false_hit_rate``).
+        self.bound: ErrorBound | None = None
+        if config.max_false_hit_rate is not None:
+            self.bound = ErrorBound(
+                config.max_false_hit_rate, sample_rate=config.sample_rate, seed=config.seed
+            )
+        # Which partition each entry is in (for a per-partition bound).
+        self._owner: dict[str, str] = {}
 
     def _partition(self, name: str) -> _Partition:
         with self._lock:
@@ -939,7 +1246,7 @@ class SemanticIndex:
             return _UsearchPartition(dim)
         return _NumpyPartition(dim, exact=self.config.index == "exact")
 
-    def _add(self, part: _Partition, member: PartitionMember) -> None:
+    def _add(self, name: str, part: _Partition, member: PartitionMember) -> None:
         if member.vector is None or member.text is None:
             return
         np = _numpy()
@@ -949,6 +1256,8 @@ class SemanticIndex:
         if vector.shape[0] != part.index.dim:
             return  # written by another embedder under the same name: never compared
         part.index.add(member.key, vector, member.text, member.expires_at)
+        if self.bound is not None:
+            self._owner[member.key] = name
 
     def sync(self, store: ResponseStore, partition: str, *, now: float, clock: float) -> None:
         """Bring the local index of ``partition`` up to date with ``store``.
@@ -965,12 +1274,12 @@ class SemanticIndex:
             if since is None:
                 if part.cursor is None:
                     for member in store.iter_partition(partition, now=now):
-                        self._add(part, member)
+                        self._add(partition, part, member)
                     part.cursor = ""
             else:
                 members, cursor = since(partition, part.cursor, now=now)
                 for member in members:
-                    self._add(part, member)
+                    self._add(partition, part, member)
                 part.cursor = cursor
             part.synced_at = clock
             # Expired rows are never served, but would still be scanned and kept in memory.
@@ -993,6 +1302,8 @@ class SemanticIndex:
                 part.index = self._new_index(vector.shape[0])
             if vector.shape[0] == part.index.dim:
                 part.index.add(key, vector, text, expires_at)
+                if self.bound is not None:
+                    self._owner[key] = partition
 
     def search(self, partition: str, vector: FloatArray, *, now: float) -> list[SemanticMatch]:
         """The nearest stored questions of ``partition``, best first (no threshold)."""
@@ -1022,13 +1333,66 @@ class SemanticIndex:
         return sum(len(p.index) for p in parts if p.index is not None)
 
     def select(self, query: str, matches: Sequence[SemanticMatch]) -> SemanticMatch | None:
-        """The best match above the threshold that passes every guard."""
+        """The best match above the threshold that passes every guard and verifier (and,
+        under an error bound, the learned threshold): what :meth:`decide` serves."""
+        return self.decide(query, matches).serve
+
+    def decide(self, query: str, matches: Sequence[SemanticMatch]) -> SemanticDecision:
+        """Which candidate to serve, if any, and (under an error bound) which to check.
+
+        Candidates are tried best first: below ``threshold`` the search stops; one that a
+        guard or a verifier rejects is skipped (counted in :attr:`rejections`). Without an
+        error bound the first survivor is served. With one, the first survivor is served when
+        its similarity reaches the learned threshold (now and then as a verification sample),
+        else it is a miss whose upstream answer should label it.
+        """
+        config = self.config
         for match in matches:
-            if match.similarity < self.config.threshold:
-                return None
-            if check_guards(query, match.text, self.config.guards) is None:
-                return match
-        return None
+            if match.similarity < config.threshold:
+                break
+            guard = check_guards(query, match.text, config.guards)
+            reason = f"guard:{guard}" if guard is not None else config.verify(query, match.text)
+            if reason is not None:
+                with self._lock:
+                    self.rejections[reason if guard is not None else reason.split(":")[0]] += 1
+                continue
+            if self.bound is None:
+                return SemanticDecision(serve=match)
+            action = self.bound.decide(match.similarity, self._scope(match.key))
+            if action == "serve":
+                return SemanticDecision(serve=match)
+            if action == "sample":
+                return SemanticDecision(serve=match, label=match, sampled=True)
+            return SemanticDecision(label=match)
+        return SemanticDecision()
+
+    def should_sample(self, decision: SemanticDecision) -> bool:
+        """Whether the call must go upstream although ``decision`` serves a stored answer."""
+        return decision.sampled
+
+    def record_outcome(self, match: SemanticMatch, correct: bool, *, sampled: bool) -> None:
+        """Report whether ``match``'s stored answer agreed with the fresh upstream answer.
+
+        Call it for :attr:`SemanticDecision.label` once the upstream answer is in
+        (``sampled`` = :attr:`SemanticDecision.sampled`). Without an error bound it does
+        nothing.
+        """
+        if self.bound is not None:
+            self.bound.record(
+                match.similarity, correct, sampled=sampled, scope=self._scope(match.key)
+            )
+
+    def learned_threshold(self, partition: str | None = None) -> float:
+        """The error bound's current threshold (``config.threshold`` without a bound)."""
+        if self.bound is None:
+            return self.config.threshold
+        scope = partition if partition and self.config.bound_scope == "partition" else ""
+        return max(self.bound.threshold(scope), self.config.threshold)
+
+    def _scope(self, key: str) -> str:
+        if self.config.bound_scope == "partition":
+            return self._owner.get(key, "")
+        return ""
 
 
 # --------------------------------------------------------------------------- calibration
