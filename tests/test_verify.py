@@ -84,7 +84,8 @@ def letters(texts: list[str]) -> np.ndarray:
         ("Can I take ibuprofen with asthma?", "Should I avoid ibuprofen with asthma?", "polarity"),
         ("Can I travel with a passport?", "Can I travel without a passport?", "polarity"),
         ("Why does my job run at night?", "Why doesn't my job run at night?", "polarity"),
-        ("How do I allow updates?", "How do I stop updates?", "antonym:avoid"),
+        ("How do I allow updates?", "How do I stop updates?", "polarity:avoid"),
+        ("Should I keep drinking coffee?", "Should I stop drinking coffee?", "polarity:avoid"),
         ("Is it safe to eat eggs?", "Should I avoid eggs?", "polarity:avoid"),
         # times
         ("Is the pharmacy open at 7am?", "Is the pharmacy open at 7pm?", "antonym:ampm"),
@@ -127,7 +128,7 @@ def test_contrasts_are_rejected_both_ways(query: str, candidate: str, check: str
         ("Flights from Paris to Rome", "Flights to Rome from Paris"),
         ("Python vs Java for beginners?", "Java vs Python for beginners?"),
         ("Is the check-in desk open early?", "Is the check-in counter open early?"),
-        ("How can I overcome procrastination?", "How do I stop procrastinating?"),
+        ("How can I avoid procrastinating?", "How do I stop procrastinating?"),
         ("Why isnt it working?", "Why isn't it working?"),
         (
             "What do I do when he stands infront of me?",

@@ -402,7 +402,9 @@ POLARITY_CLASSES: Mapping[str, frozenset[str]] = {
     "negation": _wordset(
         "not no never none nobody nothing neither nor nowhere without cannot non lack lacking"
     ),
-    "avoid": _wordset("avoid avoiding avoided prevent preventing prevented refrain"),
+    "avoid": _wordset(
+        "avoid avoiding avoided prevent preventing prevented stop stopping quit quitting refrain"
+    ),
     "ampm": frozenset({"time_am", "time_pm"}),
     "week": _wordset("weekday weekend workday"),
 }
