@@ -36,6 +36,7 @@ from ._exceptions import (
 )
 from ._pipeline import FLIGHT_LEASE, FLIGHT_WAIT, Outcome, Pipeline, Reply, StreamTap
 from ._replay import message_to_events
+from ._sdk_door import credential_in
 from ._sse import MessageAccumulator
 from ._types import (
     ContentBlockDeltaEvent,
@@ -199,7 +200,7 @@ class _CallContext:
         return self.pipeline.prepare(
             params,
             options,
-            credential=_credential_in(headers) or self.credential,
+            credential=credential_in(headers) or self.credential,
             api_version=headers.get("anthropic-version", DEFAULT_API_VERSION),
             betas=betas_from_headers(headers),
         )
@@ -220,17 +221,6 @@ class _CallContext:
             message._request_id = outcome.raw.get("request-id")
         message.haikucache = outcome.info
         return message
-
-
-def _credential_in(headers: Mapping[str, str]) -> str | None:
-    """The credential a request's own headers carry (``x-api-key`` or a bearer token)."""
-    for name, value in headers.items():
-        lowered = name.lower()
-        if lowered == "x-api-key" and value:
-            return value
-        if lowered == "authorization" and value:
-            return value[7:] if value.lower().startswith("bearer ") else value
-    return None
 
 
 _S = TypeVar("_S", "MessageStream", "AsyncMessageStream")

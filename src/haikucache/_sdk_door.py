@@ -42,6 +42,7 @@ __all__ = [
     "SSETee",
     "byte_stream_classes",
     "clean_headers",
+    "credential_in",
     "http_library",
     "info_from_headers",
     "info_headers",
@@ -516,6 +517,17 @@ def _streaming_headers(call: PreparedCall) -> dict[str, str]:
         NAMESPACE_OUT_HEADER: call.namespace,
         MODEL_HEADER: call.model,
     }
+
+
+def credential_in(headers: Mapping[str, str]) -> str | None:
+    """The credential a request's own headers carry (``x-api-key`` or a bearer token)."""
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered == "x-api-key" and value:
+            return value
+        if lowered == "authorization" and value:
+            return value[7:] if value.lower().startswith("bearer ") else value
+    return None
 
 
 def is_messages_call(method: str, path: str) -> bool:

@@ -52,6 +52,7 @@ from ._sdk_door import (
     SSETee,
     _Box,
     clean_headers,
+    credential_in,
     http_library,
     info_from_headers,
     info_headers,
@@ -331,13 +332,6 @@ def _transport_classes(lib: ModuleType) -> tuple[type, type]:
     sync_base: Any = lib.BaseTransport
     async_base: Any = lib.AsyncBaseTransport
 
-    def credential(headers: Mapping[str, str]) -> str | None:
-        key = headers.get("x-api-key")
-        if key:
-            return key
-        auth = headers.get("authorization", "")
-        return auth[7:] if auth.lower().startswith("bearer ") else (auth or None)
-
     def begin(door: Door, request: Any) -> PreparedCall:
         headers = clean_headers(dict(request.headers))
         try:
@@ -345,7 +339,7 @@ def _transport_classes(lib: ModuleType) -> tuple[type, type]:
         except ValueError:
             body = None
         try:
-            return door.prepare(body, headers, credential(headers))
+            return door.prepare(body, headers, credential_in(headers))
         except UsageError as exc:
             raise SDKRequestValidationError(exc, request) from exc
 

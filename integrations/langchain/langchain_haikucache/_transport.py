@@ -46,6 +46,7 @@ from haikucache import (
     StreamTap,
 )
 from haikucache._replay import message_to_sse
+from haikucache._sdk_door import credential_in
 
 __all__ = ["CallSlot", "current_slot", "transport_classes", "use_slot"]
 
@@ -130,7 +131,7 @@ class _Door:
             call = self.pipeline.prepare(
                 params,
                 slot.options if slot is not None else None,
-                credential=credential_of(request.headers),
+                credential=credential_in(request.headers),
                 api_version=request.headers.get("anthropic-version", _DEFAULT_API_VERSION),
                 betas=_betas(request.headers),
             )
@@ -208,15 +209,6 @@ class _Door:
             return Reply(None, response)
         message = data if isinstance(data, dict) and data.get("type") == "message" else None
         return Reply(message, response)
-
-
-def credential_of(headers: Mapping[str, str]) -> str | None:
-    """The credential a request carries upstream (hashed into the key scope, never kept)."""
-    key = headers.get("x-api-key")
-    if key:
-        return key
-    auth = headers.get("authorization", "")
-    return auth[7:] if auth.lower().startswith("bearer ") else (auth or None)
 
 
 def _follow(tap: StreamTap, slot: CallSlot | None, chunk: bytes) -> bool:
