@@ -559,3 +559,75 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.005)
+
+
+class _DiesBeforeClosing(MemoryBatchJournal):
+    """A journal whose process dies right before writing that a batch ended: every answer
+    was already accounted (and stored when complete), the record still says it is open."""
+
+    dying = True
+
+    def update(self, record: JournalRecord) -> None:
+        if self.dying and record.state == "ended":
+            raise OSError("the process was killed here")
+        super().update(record)
+
+
+def test_a_resume_after_a_crash_past_delivery_accounts_nothing_twice() -> None:
+    # Answers cut at max_tokens are never stored, so only the journal's per-job marks can
+    # tell a second resume that they were accounted already.
+    jobs = mixed_jobs()
+    emu = Emulator(batch_processing_seconds=0.1)
+    ledger = MemoryLedger()
+    journal = _DiesBeforeClosing()
+    with local_client(emu, ledger) as client:
+        crashed_batch(client, journal, jobs)
+        with Batcher(client, journal=journal, poll_interval=0.05, max_poll_interval=0.1) as first:
+            first.resume(wait=False)
+            wait_for(lambda: len(ledger.entries) == len(jobs))
+            first.close(wait=False)
+        (record,) = journal.outstanding()
+        assert journal.delivered(record.token) == {j.custom_id for j in journal.jobs(record.token)}
+        record.pid, record.host = 1, "elsewhere"
+        journal.dying = False
+        journal.update(record)
+        with Batcher(client, journal=journal, poll_interval=0.05, max_poll_interval=0.1) as second:
+            report = second.resume()
+        assert report.delivered == len(jobs) and report.failed == 0
+        assert len(ledger.entries) == len(jobs)  # nothing accounted twice
+        assert cache_pattern(client, jobs) == ["hit", "miss", "miss", "hit"]
+    assert [r.state for r in journal.records()] == ["ended"]
+    assert journal.delivered(record.token) == set()  # dropped with the closed record
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk", "redis"])
+def test_delivered_marks_are_per_batch_and_dropped_when_it_closes(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if kind == "redis":
+        journal = RedisBatchJournal(request.getfixturevalue("redis_url"), prefix="marks:")
+    else:
+        journal = open_journal("memory" if kind == "memory" else str(tmp_path / "journal"))
+    try:
+        for token in ("hca", "hcb"):
+            journal.begin(JournalRecord(token, "submitted", "http://x", 1, 1.0), b"")
+        journal.mark_delivered("hca", "hca-0")
+        journal.mark_delivered("hca", "hca-1")
+        journal.mark_delivered("hca", "hca-1")  # idempotent
+        journal.mark_delivered("hcb", "hcb-0")
+        assert journal.delivered("hca") == {"hca-0", "hca-1"}
+        assert journal.delivered("hcb") == {"hcb-0"}
+        assert journal.delivered("hcz") == set()
+        record = journal.get("hca")
+        assert record is not None
+        record.state = "ended"
+        journal.update(record)
+        assert journal.delivered("hca") == set()
+        assert journal.delivered("hcb") == {"hcb-0"}
+        assert [r.token for r in journal.records()] == ["hca", "hcb"]
+    finally:
+        if kind == "redis":
+            for token in ("hca", "hcb"):
+                journal._redis.delete(journal._k(token), journal._k(token) + ":done")  # type: ignore[attr-defined]
+            journal._redis.delete("marks:batches")  # type: ignore[attr-defined]
+        journal.close()

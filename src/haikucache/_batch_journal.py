@@ -309,6 +309,16 @@ class BatchJournal(Protocol):
         """Every record, oldest first."""
         ...
 
+    def mark_delivered(self, token: str, custom_id: str) -> None:
+        """Durably note that the answer of job ``custom_id`` was accounted (and stored when
+        storable): a resume after a crash hands it over for $0 instead of accounting it
+        twice. Dropped with the job rows when the record closes."""
+        ...
+
+    def delivered(self, token: str) -> set[str]:
+        """The ``custom_id`` s marked by :meth:`mark_delivered` while ``token`` is open."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -377,6 +387,10 @@ class _JournalBase:
         return [r for r in self.records() if r.is_open]
 
 
+def _done_tag(token: str) -> str:
+    return f"done:{token}"
+
+
 def _sorted(records: Iterator[JournalRecord]) -> list[JournalRecord]:
     return sorted(records, key=lambda r: (r.created_at, r.token))
 
@@ -388,6 +402,7 @@ class MemoryBatchJournal(_JournalBase):
         super().__init__()
         self._records: dict[str, JournalRecord] = {}
         self._rows: dict[str, bytes] = {}
+        self._done: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -403,6 +418,7 @@ class MemoryBatchJournal(_JournalBase):
             self._records[record.token] = JournalRecord.from_dict(record.to_dict())
             if not record.is_open:
                 self._rows.pop(record.token, None)
+                self._done.pop(record.token, None)
 
     def get(self, token: str) -> JournalRecord | None:
         with self._lock:
@@ -413,6 +429,14 @@ class MemoryBatchJournal(_JournalBase):
         with self._lock:
             blob = self._rows.get(token)
         return decode_jobs(blob) if blob else []
+
+    def mark_delivered(self, token: str, custom_id: str) -> None:
+        with self._lock:
+            self._done.setdefault(token, set()).add(custom_id)
+
+    def delivered(self, token: str) -> set[str]:
+        with self._lock:
+            return set(self._done.get(token, ()))
 
     def records(self) -> list[JournalRecord]:
         with self._lock:
@@ -484,6 +508,8 @@ class DiskBatchJournal(_JournalBase):
             self._cache.set(("batch", record.token), json.dumps(record.to_dict()))
             if not record.is_open:
                 self._cache.delete(("rows", record.token))
+        if not record.is_open:
+            self._cache.evict(_done_tag(record.token))
 
     def get(self, token: str) -> JournalRecord | None:
         if self._memory is not None:
@@ -494,6 +520,26 @@ class DiskBatchJournal(_JournalBase):
         if self._memory is not None:
             return self._memory.jobs(token)
         return self._jobs(token, self._cache.get(("rows", token)))
+
+    def mark_delivered(self, token: str, custom_id: str) -> None:
+        if self._memory is not None:
+            return self._memory.mark_delivered(token, custom_id)
+        # One small row per job (no read-modify-write of a growing set), tagged by batch so
+        # closing the record drops them all.
+        self._cache.set(("done", token, custom_id), 1, tag=_done_tag(token))
+
+    def delivered(self, token: str) -> set[str]:
+        if self._memory is not None:
+            return self._memory.delivered(token)
+        return {
+            key[2]
+            for key in self._cache.iterkeys()
+            if isinstance(key, tuple)
+            and len(key) == 3
+            and key[0] == "done"
+            and key[1] == token
+            and isinstance(key[2], str)
+        }
 
     def records(self) -> list[JournalRecord]:
         if self._memory is not None:
@@ -575,6 +621,7 @@ class RedisBatchJournal(_JournalBase):
         pipe.hset(self._k(record.token), "r", json.dumps(record.to_dict()))
         if not record.is_open:
             pipe.hdel(self._k(record.token), "j")
+            pipe.delete(self._k(record.token) + ":done")
         pipe.execute()
 
     def get(self, token: str) -> JournalRecord | None:
@@ -582,6 +629,15 @@ class RedisBatchJournal(_JournalBase):
 
     def jobs(self, token: str) -> list[JournalJob]:
         return self._jobs(token, self._redis.hget(self._k(token), "j"))
+
+    def mark_delivered(self, token: str, custom_id: str) -> None:
+        self._redis.sadd(self._k(token) + ":done", custom_id)
+
+    def delivered(self, token: str) -> set[str]:
+        return {
+            m.decode("utf-8", "backslashreplace")
+            for m in self._redis.smembers(self._k(token) + ":done")
+        }
 
     def records(self) -> list[JournalRecord]:
         self.corrupt = []

@@ -243,6 +243,7 @@ class _Job:
         "custom_id",
         "deadline",
         "delivered",
+        "delivered_before",
         "dropped",
         "finished",
         "marker_path",
@@ -268,6 +269,7 @@ class _Job:
         self.caller_marked = False
         self.dropped = False
         self.delivered = False
+        self.delivered_before = False  # a crashed run accounted it (journal mark)
         self.finished = False
         self.resumed = False
 
@@ -1365,7 +1367,7 @@ class Batcher:
         kind = result.get("type")
         batch_id = record.batch_id
         if kind == "succeeded" and isinstance(result.get("message"), Mapping):
-            return "succeeded", self._succeeded(job, dict(result["message"]))
+            return "succeeded", self._succeeded(job, dict(result["message"]), record.token)
         if kind == "errored":
             error = result.get("error") if isinstance(result.get("error"), Mapping) else {}
             assert isinstance(error, Mapping)
@@ -1408,20 +1410,51 @@ class Batcher:
             ),
         )
 
-    def _succeeded(self, job: _Job, data: dict[str, Any]) -> Callable[[], None]:
+    def _succeeded(self, job: _Job, data: dict[str, Any], token: str) -> Callable[[], None]:
         """Account and store the answer now (the pipeline's ``deliver``: every stop reason
         is accounted and handed to the caller, only complete ones are stored, as realtime
-        does); return how its waiters get it."""
+        does), mark it delivered in the journal; return how its waiters get it."""
         call = job.call
-        # A restart may read results a crashed run already stored: account them once.
-        if (
-            job.resumed
-            and self.engine.store is not None
-            and self.engine.store.get(call.key, now=self.clock.now()) is not None
+        # A restart may read results a crashed run already accounted: account them once.
+        # The journal's per-job mark covers every answer (one that ended at max_tokens is
+        # never stored); the store check covers a crash between storing and marking.
+        if job.resumed and (
+            job.delivered_before
+            or (
+                self.engine.store is not None
+                and self.engine.store.get(call.key, now=self.clock.now()) is not None
+            )
         ):
             return functools.partial(self._resolve, job, Message(data), batch=True, paid=False)
         message = self._context.message(self._context.pipeline.deliver(call, data, batch=True))
+        self._mark_delivered(token, job.custom_id)
         return functools.partial(self._resolve, job, message, batch=True)
+
+    def _mark_delivered(self, token: str, custom_id: str) -> None:
+        mark = getattr(self.journal, "mark_delivered", None)  # a home-made journal may lack it
+        if mark is None:
+            return
+        try:
+            mark(token, custom_id)
+        except Exception as exc:  # the answer is good; a resume may account it once more
+            logger.warning(
+                "haikucache: could not mark job %s delivered in %r: %r",
+                custom_id,
+                self.journal,
+                exc,
+            )
+
+    def _delivered_before(self, token: str) -> set[str]:
+        delivered = getattr(self.journal, "delivered", None)
+        if delivered is None:
+            return set()
+        try:
+            return set(delivered(token))
+        except Exception as exc:
+            logger.warning(
+                "haikucache: could not read delivered jobs from %r: %r", self.journal, exc
+            )
+            return set()
 
     def _retry(self, job: _Job, why: str) -> None:
         logger.debug("haikucache: job %s goes realtime (%s)", job.custom_id, why)
@@ -1451,6 +1484,7 @@ class Batcher:
     def _adopt(self, record: JournalRecord, now: float) -> _LiveBatch:
         """Make an open journal record this process's live batch again."""
         rows: list[JournalJob] = self.journal.jobs(record.token)
+        done = self._delivered_before(record.token)
         jobs: dict[str, _Job] = {}
         for row in rows:
             options = CallOptions(
@@ -1469,6 +1503,7 @@ class Batcher:
             job = _Job(call, row.body, None)
             job.custom_id = row.custom_id
             job.resumed = True
+            job.delivered_before = row.custom_id in done
             job.attempts = 1
             job.body = row.body
             jobs[row.custom_id] = job
