@@ -297,11 +297,20 @@ class _LLMConfig:
     output: _Output | None
     client: Client | AsyncClient | None
     engine: Engine | None
-    store: ResponseStore | str | None
+    store: ResponseStore | str | _Unset | None
     semantic: SemanticConfig | None
 
     def replace(self, **changes: Any) -> _LLMConfig:
         return dataclasses.replace(self, **changes)
+
+
+class _Unset(enum.Enum):
+    """``store=`` not given: the default store (``store=None`` is no response cache)."""
+
+    UNSET = "unset"
+
+
+_UNSET = _Unset.UNSET
 
 
 class _ClientSlot:
@@ -1050,8 +1059,12 @@ def _decorate(fn: object, config: _LLMConfig) -> Any:
             config = config.replace(output=_Output(annotation))
     slot = (
         _DEFAULT_SLOT
-        if config.engine is None and config.store is None and config.semantic is None
-        else _ClientSlot(config.engine, config.store or DEFAULT_STORE, config.semantic)
+        if config.engine is None and config.store is _UNSET and config.semantic is None
+        else _ClientSlot(
+            config.engine,
+            DEFAULT_STORE if config.store is _UNSET else config.store,
+            config.semantic,
+        )
     )
     cls = AsyncLLMFunction if asynchronous else LLMFunction
     return cls(function, config, slot)
@@ -1169,7 +1182,7 @@ def llm(
     semantic: SemanticConfig | None = None,
     client: Client | AsyncClient | None = None,
     engine: Engine | None = None,
-    store: ResponseStore | str | None = None,
+    store: ResponseStore | str | _Unset | None = _UNSET,
     returns: Returns | None = None,
     output: type[Any] | None = None,
     **params: Any,
@@ -1204,7 +1217,8 @@ def llm(
         engine: the :class:`~haikucache.Engine` for that default client (exclusive with
             ``client``).
         store: the response store for that default client (a store, ``"disk"`` or
-            ``"memory"``; exclusive with ``client`` and ``engine``).
+            ``"memory"``, or ``None`` for no response cache; default
+            :data:`~haikucache.DEFAULT_STORE`; exclusive with ``client`` and ``engine``).
         returns: ``"text"`` (the answer's text), ``"message"`` (the full message) or
             ``None`` (default: text, or the structured type of ``output`` or of the
             function's return annotation).
@@ -1241,9 +1255,9 @@ def llm(
         raise ConfigurationError(f"returns must be 'text' or 'message', got {returns!r}")
     if returns == "text" and output is not None:
         raise ConfigurationError("returns='text' and output= contradict each other")
-    if client is not None and (engine is not None or store is not None):
+    if client is not None and (engine is not None or store is not _UNSET):
         raise ConfigurationError("pass either client= or engine=/store=, not both")
-    if engine is not None and store is not None:
+    if engine is not None and store is not _UNSET:
         raise ConfigurationError("store= is the engine's own: pass Engine(store=...) instead")
     if client is not None and not isinstance(client, (Client, AsyncClient)):
         raise ConfigurationError(
