@@ -32,8 +32,14 @@ Every error haikucache raises is a :class:`HaikuCacheError`. Third-party excepti
     │       ├── BatchItemErroredError      ``errored`` (``.error`` holds the API error)
     │       ├── BatchItemCanceledError     ``canceled``
     │       └── BatchItemExpiredError      ``expired`` (24 h passed before it ran)
-    └── CacheStoreError                    a cache store failed (raised only in strict mode;
-                                           otherwise a failing store is a miss)
+    ├── CacheStoreError                    a cache store failed (raised only in strict mode;
+    │                                      otherwise a failing store is a miss)
+    └── ControlError                       a production control refused the call before it was
+        │                                  sent: nothing reached the API, nothing was spent
+        ├── RateLimitedError               the client-side rate limiter could not admit it in time
+        ├── BudgetExceededError            a hard budget would be exceeded
+        ├── CircuitOpenError               the upstream's circuit breaker is open
+        └── ControlStoreError              the shared state of a control (Redis) failed
 """
 
 from __future__ import annotations
@@ -54,9 +60,13 @@ __all__ = [
     "BatchItemErroredError",
     "BatchItemExpiredError",
     "BillingError",
+    "BudgetExceededError",
     "CacheStoreError",
+    "CircuitOpenError",
     "ConfigurationError",
     "ConflictError",
+    "ControlError",
+    "ControlStoreError",
     "GatewayTimeoutError",
     "HaikuCacheError",
     "InternalServerError",
@@ -65,6 +75,7 @@ __all__ = [
     "OverloadedError",
     "PermissionDeniedError",
     "RateLimitError",
+    "RateLimitedError",
     "RequestTooLargeError",
     "RequestValidationError",
     "UnprocessableEntityError",
@@ -325,3 +336,94 @@ class BatchItemExpiredError(BatchItemError):
 
 class CacheStoreError(HaikuCacheError):
     """A cache store failed. Raised only when the store is strict; otherwise it is a miss."""
+
+
+# --------------------------------------------------------------------------- controls
+
+
+class ControlError(HaikuCacheError):
+    """A production control (rate limiter, budget, circuit breaker) refused a call.
+
+    Always raised *before* the request is sent: nothing reached the API and nothing was
+    billed, so the call can be retried later, routed elsewhere, or given up.
+    """
+
+
+class RateLimitedError(ControlError):
+    """The client-side rate limiter could not admit the call within its deadline.
+
+    Unlike :class:`RateLimitError` (a 429 the API sent), this one is haikucache's own: the
+    request was never sent.
+
+    Attributes:
+        model: the model (or ``"batch"`` for the Message Batches endpoints) whose limit binds.
+        limit: which limit: ``"requests"``, ``"input_tokens"``, ``"output_tokens"``,
+            ``"batch_requests"`` or ``"batch_queue"``.
+        retry_after: seconds after which the call could be admitted, or ``None`` when that
+            is unknown (a full batch queue) or never (a call larger than the limit itself).
+    """
+
+    def __init__(
+        self, message: str, *, model: str, limit: str, retry_after: float | None = None
+    ) -> None:
+        self.model = model
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class BudgetExceededError(ControlError):
+    """A hard budget would be exceeded by the call's worst-case cost; nothing was spent.
+
+    Attributes:
+        namespace: the namespace the call was made in.
+        budget: the name of the budget that refused it (e.g. ``"global/day"``).
+        period: the budget's current period (``"2025-11-20"``, ``"2025-11"`` or ``"total"``).
+        cap_usd: the budget's cap.
+        spent_usd: settled spend in the period.
+        reserved_usd: worst-case cost of the calls in flight.
+        requested_usd: the worst-case cost this call asked to reserve.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        namespace: str,
+        budget: str,
+        period: str,
+        cap_usd: float,
+        spent_usd: float,
+        reserved_usd: float,
+        requested_usd: float,
+    ) -> None:
+        self.namespace = namespace
+        self.budget = budget
+        self.period = period
+        self.cap_usd = cap_usd
+        self.spent_usd = spent_usd
+        self.reserved_usd = reserved_usd
+        self.requested_usd = requested_usd
+        super().__init__(message)
+
+
+class CircuitOpenError(ControlError):
+    """The circuit breaker of an upstream is open: the call fails fast without being sent.
+
+    Attributes:
+        key: the upstream key (base URL + model).
+        retry_after: seconds until the breaker lets a probe through.
+    """
+
+    def __init__(self, message: str, *, key: str, retry_after: float) -> None:
+        self.key = key
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class ControlStoreError(ControlError):
+    """The shared state of a control (Redis) could not be read or written.
+
+    Budgets raise it by default (fail closed: money is not spent blind); the rate limiter
+    logs and admits the call unless told to fail closed.
+    """

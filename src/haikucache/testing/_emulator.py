@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import xxhash
 
+from haikucache._catalog import lookup_model
 from haikucache._clock import Clock, SystemClock
 from haikucache.testing._answers import generate_text_pieces, generate_thinking, input_from_schema
 from haikucache.testing._batches import (
@@ -33,6 +34,7 @@ from haikucache.testing._batches import (
 from haikucache.testing._bill import Bill, BillEntry, price_usage
 from haikucache.testing._faults import FAULT_KINDS, Fault, FaultSet
 from haikucache.testing._prompt_cache import CacheUsage, PromptCache
+from haikucache.testing._ratelimit import EmulatorLimits, RateLimitTable
 from haikucache.testing._request import (
     API_MODELS,
     API_VERSIONS,
@@ -147,6 +149,9 @@ class Emulator:
             gets the API's 404 ``not_found_error`` (``model: <id>``), on ``/v1/messages``,
             ``count_tokens`` and as an ``errored`` batch result.
         log_limit: how many :class:`LogRecord` s :attr:`log` keeps.
+        refresh: which prompt-cache entries a read refreshes, a rule the docs leave open:
+            ``"deepest"`` (default) only the entry read; ``"path"`` also every shorter live
+            entry on the request's path.
     """
 
     def __init__(
@@ -159,6 +164,7 @@ class Emulator:
         *,
         extra_models: Collection[str] = (),
         log_limit: int = 10_000,
+        refresh: str = "deepest",
     ) -> None:
         if echo_model not in ("as_sent", "dated"):
             raise ValueError("echo_model must be 'as_sent' or 'dated'")
@@ -178,8 +184,10 @@ class Emulator:
         self.log: deque[LogRecord] = deque(maxlen=log_limit)
         self.organization_id = str(uuid.UUID(int=random.Random(seed).getrandbits(128), version=4))
         self._tokenizer = Tokenizer()
-        self._cache = PromptCache()
+        self._cache = PromptCache(refresh)
         self._faults = FaultSet(seed)
+        self._rate_limits = RateLimitTable()
+        self._batch_rpm: int | None = None
         self._batches: dict[str, BatchRecord] = {}
         self._batch_seq = 0
         self._batch_failures: list[BatchFailures] = []
@@ -220,6 +228,8 @@ class Emulator:
         after_events: int = 3,
         seconds: float = 0.0,
         rate: float = 1.0,
+        start: float | None = None,
+        until: float | None = None,
     ) -> Fault:
         """Make the next matching request(s) fail; see :class:`Fault` for the kinds.
 
@@ -241,6 +251,8 @@ class Emulator:
             seconds: delay for ``"latency"``.
             rate: the probability that a matching request gets it (seeded by ``seed``);
                 ``times`` counts only the requests that did.
+            start: it applies only from this time on (on the emulator's clock).
+            until: it applies only before this time (on the emulator's clock).
 
         Returns:
             The :class:`Fault`, whose ``hits`` count how often it fired.
@@ -253,6 +265,8 @@ class Emulator:
             raise ValueError("times must be >= 1 or None")
         if not 0 <= rate <= 1:
             raise ValueError("rate must be between 0 and 1")
+        if start is not None and until is not None and until <= start:
+            raise ValueError("until must be after start")
         if kind == "rate_limit" and retry_after is None and retry_after_ms is None:
             retry_after = 1
         return self._faults.add(
@@ -266,8 +280,85 @@ class Emulator:
                 after_events=max(0, after_events),
                 seconds=seconds,
                 rate=rate,
+                start=start,
+                until=until,
             )
         )
+
+    def overload(
+        self,
+        rate: float = 1.0,
+        *,
+        seconds: float | None = None,
+        start: float | None = None,
+        endpoint: str = "messages",
+    ) -> Fault:
+        """Answer 529 ``overloaded_error`` to a share of requests, for a while or for good.
+
+        ``overload(0.5)`` fails half the calls (seeded draws) until :meth:`clear_faults`;
+        ``overload(seconds=30)`` fails every call for the next 30 s of the emulator's clock.
+
+        Args:
+            rate: the share of matching requests that get a 529.
+            seconds: how long it lasts from ``start``; ``None``: until cleared.
+            start: when it begins, on the emulator's clock; default now.
+            endpoint: the endpoint name, or ``"*"``.
+        """
+        begin = self.clock.now() if start is None else start
+        if seconds is not None and seconds <= 0:
+            raise ValueError("seconds must be > 0")
+        return self.inject(
+            "overloaded",
+            times=None,
+            endpoint=endpoint,
+            rate=rate,
+            start=begin,
+            until=None if seconds is None else begin + seconds,
+        )
+
+    def set_rate_limits(
+        self,
+        model: str = "claude-haiku-4-5",
+        *,
+        rpm: int | None = None,
+        itpm: int | None = None,
+        otpm: int | None = None,
+        cache_aware: bool | None = None,
+    ) -> None:
+        """Enforce the API's rate limits for one model (reference §4.4, §4.7).
+
+        Each limit is a token bucket holding one minute of it and refilling continuously. A
+        request over a limit gets the API's 429 ``rate_limit_error`` with ``retry-after``
+        (whole seconds); every ``/v1/messages`` answer for the model carries
+        ``anthropic-ratelimit-{requests,input-tokens,output-tokens,tokens}-{limit,remaining,reset}``
+        (token counts rounded to the nearest thousand, as the API does). Alias and dated id
+        share the buckets. All ``None`` removes the model's limits.
+
+        Args:
+            model: the model id.
+            rpm: requests per minute.
+            itpm: input tokens per minute: ``input_tokens + cache_creation_input_tokens``,
+                plus cache reads unless the limit is cache-aware.
+            otpm: output tokens per minute (charged as produced; ``max_tokens`` does not
+                count); a request is refused while the bucket is empty.
+            cache_aware: cache reads do not count toward ITPM; default: as the API, true
+                for Claude Haiku 4.5 only.
+        """
+        for name, value in (("rpm", rpm), ("itpm", itpm), ("otpm", otpm)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None")
+        scope = _limit_scope(model)
+        aware = RateLimitTable.cache_aware_by_default(scope) if cache_aware is None else cache_aware
+        with self._lock:
+            self._rate_limits.configure(scope, EmulatorLimits(rpm, itpm, otpm, aware))
+
+    def set_batch_rate_limit(self, rpm: int | None) -> None:
+        """Requests per minute over every Message Batches endpoint, shared by all models
+        (reference §3.5); ``None`` removes it. Over it, a batch call gets a 429."""
+        if rpm is not None and (not isinstance(rpm, int) or rpm < 1):
+            raise ValueError("rpm must be a positive int or None")
+        with self._lock:
+            self._batch_rpm = rpm
 
     def clear_faults(self) -> None:
         """Remove every injected fault (and every batch failure)."""
@@ -416,11 +507,15 @@ class Emulator:
                 and isinstance(ctx.body, dict)
                 and ctx.body.get("stream") is True
             )
-            fault, kind, delay = self._faults.take(endpoint, streaming=streaming)
+            fault, kind, delay = self._faults.take(
+                endpoint, streaming=streaming, now=self.clock.now()
+            )
             response = self._fault_response(ctx, fault, kind) if fault is not None else None
             if response is None:
                 if parse_error is not None:
                     raise parse_error
+                if endpoint.startswith("batches."):
+                    self._limit_batch_call(ctx)
                 response = self._endpoint(ctx, endpoint, batch_id, fault)
         except APIError as err:
             response = self._error(ctx, err)
@@ -550,6 +645,23 @@ class Emulator:
             )
         return None  # stream faults act inside the stream
 
+    def _limit_batch_call(self, ctx: _Context) -> None:
+        with self._lock:
+            verdict = self._rate_limits.admit_batch_call(self._batch_rpm, self.clock.now())
+        if verdict is None:
+            return
+        headers = verdict.headers or {}
+        if not verdict.admitted:
+            raise APIError(
+                429,
+                "rate_limit_error",
+                f"This request would exceed the rate limit for your organization "
+                f"({self.organization_id}) of {self._batch_rpm} Message Batches API requests "
+                "per minute. Please try again later.",
+                {**headers, "retry-after": str(verdict.retry_after)},
+            )
+        ctx.extra_headers.extend(headers.items())
+
     # ----------------------------------------------------------------- messages
 
     def _messages(self, ctx: _Context, fault: Fault | None) -> EmulatorResponse:
@@ -559,7 +671,27 @@ class Emulator:
         failing_stream = fault is not None and fault.kind in ("stream_error", "stream_cut")
         with self._lock:
             now = self.clock.now()
+            scope = _limit_scope(parsed.model)
+            limits = self._rate_limits.limits(scope)
+            if limits is not None:
+                read = self._cache.peek_read(parsed.blocks, parsed.breakpoints, now)
+                cost = parsed.total_tokens - (read if limits.cache_aware else 0)
+                verdict = self._rate_limits.admit(scope, now, input_cost=cost)
+                if verdict is not None and not verdict.admitted:
+                    raise APIError(
+                        429,
+                        "rate_limit_error",
+                        f"This request would exceed the rate limit for your organization "
+                        f"({self.organization_id}) of {_limit_words(verdict.limit, limits)}. "
+                        "Please try again later.",
+                        {**(verdict.headers or {}), "retry-after": str(verdict.retry_after)},
+                    )
             message = self._answer(parsed, now, tier="standard")
+            if limits is not None:
+                charged = self._rate_limits.charge_output(
+                    scope, now, message["usage"]["output_tokens"]
+                )
+                ctx.extra_headers.extend(charged.items())
         if not failing_stream:
             # A stream that fails is not billed: the client never got a complete answer.
             self._bill(
@@ -1024,3 +1156,17 @@ def _error_type_for(status: int) -> str:
         504: "timeout_error",
         529: "overloaded_error",
     }.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def _limit_scope(model: str) -> str:
+    # The API's limits are per model, whatever it is called: alias and dated id share them.
+    info = lookup_model(model)
+    return info.name if info is not None else model
+
+
+def _limit_words(limit: str, limits: EmulatorLimits) -> str:
+    if limit == "requests":
+        return f"{limits.rpm} requests per minute"
+    if limit == "input-tokens":
+        return f"{limits.itpm} input tokens per minute"
+    return f"{limits.otpm} output tokens per minute"

@@ -48,6 +48,8 @@ class Fault:
         seconds: for ``"latency"``, the delay added before the response.
         rate: the probability that it applies to a matching request; the draws come from a
             generator seeded by the emulator's ``seed``, so a run repeats.
+        start: it applies only from this time on (the emulator's clock), if set.
+        until: it applies only before this time (the emulator's clock), if set.
         hits: how many requests it has been applied to so far.
     """
 
@@ -60,6 +62,8 @@ class Fault:
     after_events: int = 3
     seconds: float = 0.0
     rate: float = 1.0
+    start: float | None = None
+    until: float | None = None
     hits: int = 0
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
@@ -70,9 +74,15 @@ class Fault:
         """Whether it will still apply to a future request."""
         return self.times is None or self.times > 0
 
-    def matches(self, endpoint: str, *, streaming: bool) -> bool:
-        """Whether it applies to a request for ``endpoint`` (stream faults need a stream)."""
+    def matches(self, endpoint: str, *, streaming: bool, now: float | None = None) -> bool:
+        """Whether it applies to a request for ``endpoint`` (stream faults need a stream)
+        arriving at ``now`` (outside its ``start``/``until`` window it does not)."""
         if self.endpoint not in ("*", endpoint):
+            return False
+        if now is not None and (
+            (self.start is not None and now < self.start)
+            or (self.until is not None and now >= self.until)
+        ):
             return False
         if self.kind in ("stream_error", "stream_cut") and not streaming:
             return False
@@ -110,7 +120,9 @@ class FaultSet:
         with self._lock:
             self._faults.clear()
 
-    def take(self, endpoint: str, *, streaming: bool) -> tuple[Fault | None, str, float]:
+    def take(
+        self, endpoint: str, *, streaming: bool, now: float | None = None
+    ) -> tuple[Fault | None, str, float]:
         """The fault to apply to this request (if any), its kind, and the latency to add.
 
         The kind is the fault's own, except that a ``"transient"`` fault is resolved to one
@@ -122,7 +134,7 @@ class FaultSet:
         delay = 0.0
         chosen: Fault | None = None
         for fault in faults:
-            if not fault.matches(endpoint, streaming=streaming):
+            if not fault.matches(endpoint, streaming=streaming, now=now):
                 continue
             if fault.kind != "latency" and chosen is not None:
                 continue
