@@ -14,6 +14,8 @@ from ._batch_journal import (
     RedisBatchJournal,
 )
 from ._batcher import AsyncBatcher, Batcher, ResumeReport
+from ._breaker import CircuitBreaker
+from ._budget import Budget, Budgets, BudgetStatus, RedisBudgetBackend
 from ._catalog import DEFAULT_MODEL, ModelInfo, known_models, lookup_model
 from ._client import (
     AsyncBatchResults,
@@ -26,6 +28,7 @@ from ._client import (
     SyncPage,
 )
 from ._clock import Clock, ManualClock, SystemClock
+from ._controls import Controls
 from ._decorator import Args, AsyncLLMFunction, AsyncMemoized, LLMFunction, Memoized, llm, memoize
 from ._embed_local import LocalEmbedder
 from ._engine import (
@@ -49,9 +52,13 @@ from ._exceptions import (
     BatchItemErroredError,
     BatchItemExpiredError,
     BillingError,
+    BudgetExceededError,
     CacheStoreError,
+    CircuitOpenError,
     ConfigurationError,
     ConflictError,
+    ControlError,
+    ControlStoreError,
     GatewayTimeoutError,
     HaikuCacheError,
     InternalServerError,
@@ -59,6 +66,7 @@ from ._exceptions import (
     NotFoundError,
     OverloadedError,
     PermissionDeniedError,
+    RateLimitedError,
     RateLimitError,
     RequestTooLargeError,
     RequestValidationError,
@@ -78,6 +86,7 @@ from ._ledger import (
     default_cache_dir,
     price_usage,
 )
+from ._limits import RateLimiter, RateLimits, RedisLimiterBackend
 from ._pipeline import Outcome, Pipeline, Reply, StreamTap
 from ._planner import Breakpoint, Plan, Planner, PlannerPolicy, PrefixStats
 from ._semantic import (
@@ -85,9 +94,11 @@ from ._semantic import (
     AsyncEmbedder,
     CallableEmbedder,
     Embedder,
+    ErrorBound,
     LangChainEmbedder,
     LlamaIndexEmbedder,
     SemanticConfig,
+    SemanticDecision,
     as_embedder,
     calibrate_threshold,
     check_guards,
@@ -103,6 +114,7 @@ from ._store import (
     StoreStats,
 )
 from ._types import Message
+from ._verify import HaikuJudge, LexicalVerifier, Verifier
 from ._version import __version__
 from ._wire import MessageCreateParams, MessageParam, validate_request
 
@@ -138,23 +150,34 @@ __all__ = [
     "Batcher",
     "BillingError",
     "Breakpoint",
+    "Budget",
+    "BudgetExceededError",
+    "BudgetStatus",
+    "Budgets",
     "CacheEntry",
     "CacheStoreError",
     "CallInfo",
     "CallOptions",
     "CallableEmbedder",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "Client",
     "Clock",
     "ConfigurationError",
     "ConflictError",
+    "ControlError",
+    "ControlStoreError",
+    "Controls",
     "Cost",
     "DiskBatchJournal",
     "DiskLedger",
     "DiskStore",
     "Embedder",
     "Engine",
+    "ErrorBound",
     "GatewayTimeoutError",
     "HaikuCacheError",
+    "HaikuJudge",
     "InternalServerError",
     "JournalRecord",
     "LLMFunction",
@@ -162,6 +185,7 @@ __all__ = [
     "Ledger",
     "LedgerEntry",
     "LedgerTotals",
+    "LexicalVerifier",
     "LlamaIndexEmbedder",
     "LocalEmbedder",
     "ManualClock",
@@ -186,7 +210,12 @@ __all__ = [
     "PrefixStats",
     "PreparedCall",
     "RateLimitError",
+    "RateLimitedError",
+    "RateLimiter",
+    "RateLimits",
     "RedisBatchJournal",
+    "RedisBudgetBackend",
+    "RedisLimiterBackend",
     "RedisStore",
     "Reply",
     "RequestTooLargeError",
@@ -194,6 +223,7 @@ __all__ = [
     "ResponseStore",
     "ResumeReport",
     "SemanticConfig",
+    "SemanticDecision",
     "StoreStats",
     "StreamTap",
     "SyncPage",
@@ -202,6 +232,7 @@ __all__ = [
     "UnprocessableEntityError",
     "UpstreamError",
     "UsageError",
+    "Verifier",
     "__version__",
     "as_embedder",
     "calibrate_threshold",

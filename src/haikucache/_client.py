@@ -177,13 +177,16 @@ class _CallContext:
         headers: Mapping[str, str],
         credential: str | None,
         *,
+        upstream: str = "anthropic",
         flight_lease: float = FLIGHT_LEASE,
         flight_wait: float = FLIGHT_WAIT,
     ) -> None:
         self.engine = engine
         self.headers = headers
         self.credential = credential
-        self.pipeline = Pipeline(engine, flight_lease=flight_lease, flight_wait=flight_wait)
+        self.pipeline = Pipeline(
+            engine, flight_lease=flight_lease, flight_wait=flight_wait, upstream=upstream
+        )
 
     def _headers(self, extra_headers: HeaderTypes | None) -> Mapping[str, str]:
         return merge_headers(self.headers, extra_headers) if extra_headers else self.headers
@@ -1052,7 +1055,7 @@ class Messages:
                 headers=extra_headers,
                 timeout=timeout,
             )
-            return Reply(data, headers)
+            return Reply(data, headers, status=200, headers=headers)
 
         return self._context.message(pipeline.exchange(call, send))
 
@@ -1417,7 +1420,7 @@ class AsyncMessages:
                 headers=extra_headers,
                 timeout=timeout,
             )
-            return Reply(data, headers)
+            return Reply(data, headers, status=200, headers=headers)
 
         return self._context.message(await pipeline.aexchange(call, send))
 
@@ -1627,7 +1630,12 @@ class Client(_ClientBase):
         self._sleep = sleep
         self.messages = Messages(
             self._upstream,
-            _CallContext(self._engine, self._upstream.headers, api_key or auth_token),
+            _CallContext(
+                self._engine,
+                self._upstream.headers,
+                api_key or auth_token,
+                upstream=str(self._upstream.http_client.base_url),
+            ),
         )
 
     @property
@@ -1706,7 +1714,12 @@ class AsyncClient(_ClientBase):
         self._sleep = sleep
         self.messages = AsyncMessages(
             self._upstream,
-            _CallContext(self._engine, self._upstream.headers, api_key or auth_token),
+            _CallContext(
+                self._engine,
+                self._upstream.headers,
+                api_key or auth_token,
+                upstream=str(self._upstream.http_client.base_url),
+            ),
         )
 
     @property

@@ -28,7 +28,8 @@ import xxhash
 
 from ._catalog import DEFAULT_MODEL
 from ._clock import Clock, SystemClock
-from ._exceptions import ConfigurationError, RequestValidationError
+from ._controls import Controls
+from ._exceptions import ConfigurationError, RequestValidationError, UsageError
 from ._keys import partition_key, request_key
 from ._ledger import DiskLedger, Ledger, LedgerEntry, now_entry
 from ._planner import Plan, Planner, PlannerPolicy
@@ -138,6 +139,9 @@ class PreparedCall:
     text: str | None = None
     # The embedding of ``text``, computed once by lookup and reused by store.
     vector: Any = field(default=None, repr=False, compare=False)
+    # Under a semantic error bound: the candidate this call's upstream answer is compared
+    # with once it is in (a ``PendingOutcome``), set by lookup and used by store.
+    verification: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -262,6 +266,9 @@ class Engine:
             reaches upstream, so one engine or store shared by many keys never serves one
             key's answer to another. Turn it on only when every key belongs to the same
             organisation and sees the same data.
+        controls: production controls every call that goes upstream passes through
+            (budgets, rate limits, circuit breaker, fallback models): a
+            :class:`~haikucache.Controls`. Off by default.
     """
 
     def __init__(
@@ -276,7 +283,11 @@ class Engine:
         cache_ttl: float | None = None,
         semantic: SemanticConfig | None = None,
         share_across_credentials: bool = False,
+        controls: Controls | None = None,
     ) -> None:
+        if controls is not None and not isinstance(controls, Controls):
+            raise ConfigurationError(f"controls must be a haikucache.Controls, got {controls!r}")
+        self.controls = controls
         if not isinstance(namespace, str) or not namespace:
             raise ConfigurationError("namespace must be a non-empty string")
         self.namespace = namespace
@@ -425,6 +436,31 @@ class Engine:
             text=text,
         )
 
+    def refit(self, call: PreparedCall, model: str) -> PreparedCall:
+        """The same call for another model (a fallback), validated and keyed for it: an
+        answer is cached and accounted under the model that gave it.
+
+        Raises:
+            UsageError: ``call`` is planned already (refit the caller's request, not the
+                planned body).
+            RequestValidationError: the request is not valid for ``model``.
+        """
+        if call.plan is not None:
+            raise UsageError("refit() takes an unplanned call")
+        body = {**call.body, "model": model}
+        validate_request(body, api_version=call.api_version)
+        key_space = f"{call.namespace}\x00{call.scope}" if call.scope else call.namespace
+        return dataclasses.replace(
+            call,
+            body=body,
+            key=request_key(body, namespace=key_space, betas=call.betas),
+            model=model,
+            partition=None,
+            text=None,
+            vector=None,
+            verification=None,
+        )
+
     def scope_for(self, credential: str | None) -> str:
         """The key scope of calls made with ``credential``: a hash, never the secret.
 
@@ -524,7 +560,8 @@ class Engine:
         index.sync(store, partition, now=now, clock=time.monotonic())
         matches = index.search(partition, vector, now=now)
         while True:
-            match: SemanticMatch | None = index.select(call.text, matches)
+            decision = index.decide(call.text, matches)
+            match: SemanticMatch | None = decision.label or decision.serve
             if match is None:
                 return None
             entry = store.get(match.key, now=now)
@@ -534,6 +571,12 @@ class Engine:
                 index.discard(partition, match.key)
                 matches = [m for m in matches if m.key != match.key]
                 continue
+            if decision.label is not None:
+                # Under an error bound, a candidate below the learned threshold, or a
+                # verification sample, is a miss: the caller gets the fresh answer, and the
+                # store stage compares it with this one (see :meth:`_learn`).
+                call.verification = index.pending(decision, entry.response)
+                return None
             return dataclasses.replace(entry, similarity=match.similarity)
 
     def hit(self, call: PreparedCall, entry: CacheEntry) -> tuple[dict[str, Any], CallInfo]:
@@ -598,6 +641,13 @@ class Engine:
             text=call.text,
         )
 
+    def _learn(self, call: PreparedCall, message: Mapping[str, Any]) -> None:
+        """Report a labelled candidate's outcome, once, from a complete upstream answer
+        (a truncated or failed answer says nothing about the candidate's)."""
+        pending, call.verification = call.verification, None
+        if self._semantic_index is not None and is_storable(message):
+            self._semantic_index.learn(pending, message)
+
     def _semantic_entry(self, entry: CacheEntry, vector: Any) -> tuple[CacheEntry, bytes | None]:
         """The entry to store and the vector bytes beside it (none: stored for exact reuse)."""
         if entry.partition is None:
@@ -619,8 +669,12 @@ class Engine:
     def store_answer(self, call: PreparedCall, message: Mapping[str, Any], info: CallInfo) -> bool:
         """Keep a complete answer (``end_turn``, ``tool_use``, ``stop_sequence``) for reuse.
 
-        With semantic lookup on, the last user turn's vector is stored with it.
+        With semantic lookup on, the last user turn's vector is stored with it; under an
+        error bound, the answer first teaches the bound whether a semantic candidate of this
+        call would have been right.
         """
+        if call.verification is not None:
+            self._learn(call, message)
         entry = self._entry_to_store(call, message, info)
         if entry is None or self.store is None:
             return False
@@ -632,6 +686,9 @@ class Engine:
         self, call: PreparedCall, message: Mapping[str, Any], info: CallInfo
     ) -> bool:
         """The async twin of :meth:`store_answer`."""
+        if call.verification is not None:
+            # Comparing answers embeds them: off the event loop.
+            await asyncio.to_thread(self._learn, call, message)
         entry = self._entry_to_store(call, message, info)
         if entry is None or self.store is None:
             return False

@@ -36,8 +36,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
+from ._controls import Controls, Ticket, error_headers, error_status
 from ._engine import CallInfo, CallOptions, Engine, PreparedCall
-from ._exceptions import CacheStoreError, UsageError
+from ._exceptions import CacheStoreError, CircuitOpenError, UsageError
 from ._singleflight import AsyncLockStore, AsyncSingleFlight, LockStore, SingleFlight
 from ._sse import MessageAccumulator, SSEDecoder
 from ._store import AsyncResponseStore, CacheEntry
@@ -71,10 +72,15 @@ class Reply(Generic[R]):
             (an error the door passes on as it is): nothing is then accounted or stored.
         raw: the door's own response object (headers, an HTTP response), handed back in the
             :class:`Outcome` untouched.
+        status: the HTTP status (the controls stage tells an overloaded upstream from a
+            refused request by it; ``None``: unknown).
+        headers: the response headers (the rate limiter learns the API's limits from them).
     """
 
     message: dict[str, Any] | None
     raw: R
+    status: int | None = None
+    headers: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,19 @@ class Outcome(Generic[R]):
         return self.source != "miss"
 
 
+#: The HTTP status of each error type an SSE ``error`` event may carry.
+_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
 class StreamTap:
     """Follows a live SSE answer as it passes, accounts it once complete, then stores it.
 
@@ -112,9 +131,12 @@ class StreamTap:
     accounts and stores nothing.
     """
 
-    def __init__(self, pipeline: Pipeline, call: PreparedCall) -> None:
+    def __init__(
+        self, pipeline: Pipeline, call: PreparedCall, ticket: Ticket | None = None
+    ) -> None:
         self._pipeline = pipeline
         self.call = call
+        self._ticket = ticket
         self._decoder: SSEDecoder | None = None
         self._accumulator = MessageAccumulator()
         self._failed = False
@@ -134,7 +156,7 @@ class StreamTap:
         try:
             kind = data.get("type")
             if kind == "error":
-                self._failed = True
+                self._fail(data)
                 return None
             if kind == "ping":
                 return None
@@ -143,6 +165,7 @@ class StreamTap:
                 return None
             self.message = self._accumulator.message()
             self.info = self._pipeline._account(self.call, self.message)
+            self._settle_controls()
             return self.info
         except Exception:  # accounting must never break the caller's stream
             self._failed = True
@@ -160,7 +183,8 @@ class StreamTap:
         try:
             for sse in self._decoder.feed(chunk):
                 if sse.event == "error":
-                    self._failed = True
+                    data = sse.json() if sse.data else None
+                    self._fail(data if isinstance(data, Mapping) else {})
                     return None
                 data = sse.json() if sse.data else None
                 if isinstance(data, dict) and self.event(data) is not None:
@@ -171,6 +195,28 @@ class StreamTap:
                 "haikucache: could not follow a streamed answer; not cached", exc_info=True
             )
         return None
+
+    def fail(self, status: int | None, headers: Mapping[str, str] | None = None) -> None:
+        """The door's stream request got an error status instead of a stream: nothing is
+        accounted or stored, and the controls learn it (the breaker counts a 5xx / 529)."""
+        self._failed = True
+        ticket, self._ticket = self._ticket, None
+        controls = self._pipeline._controls()
+        if ticket is not None and controls is not None:
+            controls.failed(ticket, status=status, headers=headers)
+
+    def _fail(self, data: Mapping[str, Any]) -> None:
+        error = data.get("error")
+        kind = error.get("type") if isinstance(error, Mapping) else None
+        self.fail(_ERROR_STATUS.get(str(kind), 500))
+
+    def _settle_controls(self) -> None:
+        ticket, self._ticket = self._ticket, None
+        controls = self._pipeline._controls()
+        if ticket is not None and controls is not None and self.message is not None:
+            controls.answered(
+                ticket, self.message, self.info, headers=None, now=self._pipeline.engine.clock.now()
+            )
 
     def store(self) -> bool:
         """The store stage of the completed answer (once; a no-op before completion)."""
@@ -196,6 +242,8 @@ class Pipeline:
             upstream (see :class:`~haikucache.SingleFlight`).
         flight_wait: seconds a process waits for another one's answer to the same request
             before it calls upstream itself.
+        upstream: where the door sends calls (its base URL): with the model, the circuit
+            breaker's key (see :class:`~haikucache.Controls`).
     """
 
     def __init__(
@@ -204,8 +252,10 @@ class Pipeline:
         *,
         flight_lease: float = FLIGHT_LEASE,
         flight_wait: float = FLIGHT_WAIT,
+        upstream: str = "anthropic",
     ) -> None:
         self.engine = engine
+        self.upstream = upstream
         store = engine.store
         # Every haikucache store has leases; a home-made store without them coalesces
         # within the process only.
@@ -289,7 +339,7 @@ class Pipeline:
                 return hit
 
         def lead() -> Outcome[R]:
-            return self._settle(call, send(self.engine.plan(call).body))
+            return self._send(call, send)
 
         if not self._coalesce(call):
             return lead()
@@ -317,8 +367,7 @@ class Pipeline:
                 return hit
 
         async def lead() -> Outcome[R]:
-            reply = await send(self.engine.plan(call).body)
-            return await self._asettle(call, reply)
+            return await self._asend(call, send)
 
         if not self._coalesce(call):
             return await lead()
@@ -345,7 +394,11 @@ class Pipeline:
             if hit is not None:
                 return hit
         self.engine.plan(call)
-        return StreamTap(self, call)
+        controls = self._controls()
+        ticket = None
+        if controls is not None:
+            ticket = controls.admit(call, self.upstream, now=self.engine.clock.now())
+        return StreamTap(self, call, ticket)
 
     async def aopen_stream(
         self, call: PreparedCall, *, looked_up: bool = False
@@ -356,7 +409,11 @@ class Pipeline:
             if hit is not None:
                 return hit
         self.engine.plan(call)
-        return StreamTap(self, call)
+        controls = self._controls()
+        ticket = None
+        if controls is not None:
+            ticket = await controls.aadmit(call, self.upstream, now=self.engine.clock.now())
+        return StreamTap(self, call, ticket)
 
     # -- 7 account, 8 store (also the batcher's way in for answers it collected) ----------
 
@@ -382,6 +439,111 @@ class Pipeline:
         return self._shared(call, leader)
 
     # -- the stages' plumbing -------------------------------------------------------------
+
+    def _controls(self) -> Controls | None:
+        controls = self.engine.controls
+        return controls if controls is not None and controls.active else None
+
+    def _attempts(self, call: PreparedCall, controls: Controls) -> list[PreparedCall]:
+        """The call, then the same request for each fallback model (keyed for that model:
+        an answer is cached under the model that gave it)."""
+        return [call] + [
+            self.engine.refit(call, model) for model in controls.fallback if model != call.model
+        ]
+
+    def _send(self, call: PreparedCall, send: Callable[[dict[str, Any]], Reply[R]]) -> Outcome[R]:
+        """5 admit, 6 send, 7 account, 8 store; then settle the controls (and fall back)."""
+        controls = self._controls()
+        if controls is None:
+            return self._settle(call, send(self.engine.plan(call).body))
+        attempts = self._attempts(call, controls)
+        for index, attempt in enumerate(attempts):
+            last = index == len(attempts) - 1
+            self.engine.plan(attempt)
+            try:
+                ticket = controls.admit(attempt, self.upstream, now=self.engine.clock.now())
+            except CircuitOpenError:
+                if last:
+                    raise
+                continue
+            try:
+                reply = send(attempt.body)
+            except Exception as exc:
+                if (
+                    controls.failed(
+                        ticket, status=error_status(exc), exc=exc, headers=error_headers(exc)
+                    )
+                    and not last
+                ):
+                    _falling_back(attempt, exc)
+                    continue
+                raise
+            except BaseException:
+                controls.abandoned(ticket)
+                raise
+            if reply.message is None:
+                if controls.failed(ticket, status=reply.status, headers=reply.headers) and not last:
+                    _falling_back(attempt, reply.status)
+                    continue
+                return Outcome(attempt, "miss", None, None, reply.raw)
+            outcome = self._settle(attempt, reply)
+            controls.answered(
+                ticket,
+                reply.message,
+                outcome.info,
+                headers=reply.headers,
+                now=self.engine.clock.now(),
+            )
+            return outcome
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+    async def _asend(
+        self, call: PreparedCall, send: Callable[[dict[str, Any]], Awaitable[Reply[R]]]
+    ) -> Outcome[R]:
+        """The async twin of :meth:`_send`."""
+        controls = self._controls()
+        if controls is None:
+            return await self._asettle(call, await send(self.engine.plan(call).body))
+        attempts = self._attempts(call, controls)
+        for index, attempt in enumerate(attempts):
+            last = index == len(attempts) - 1
+            self.engine.plan(attempt)
+            try:
+                ticket = await controls.aadmit(attempt, self.upstream, now=self.engine.clock.now())
+            except CircuitOpenError:
+                if last:
+                    raise
+                continue
+            try:
+                reply = await send(attempt.body)
+            except Exception as exc:
+                if (
+                    controls.failed(
+                        ticket, status=error_status(exc), exc=exc, headers=error_headers(exc)
+                    )
+                    and not last
+                ):
+                    _falling_back(attempt, exc)
+                    continue
+                raise
+            except BaseException:
+                controls.abandoned(ticket)
+                raise
+            if reply.message is None:
+                if controls.failed(ticket, status=reply.status, headers=reply.headers) and not last:
+                    _falling_back(attempt, reply.status)
+                    continue
+                return Outcome(attempt, "miss", None, None, reply.raw)
+            outcome = await self._asettle(attempt, reply)
+            controls.answered(
+                ticket,
+                reply.message,
+                outcome.info,
+                headers=reply.headers,
+                now=self.engine.clock.now(),
+            )
+            return outcome
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     def _coalesce(self, call: PreparedCall) -> bool:
         return self.engine.store is not None and not call.options.no_cache
@@ -455,6 +617,14 @@ class Pipeline:
         entry = self.engine.shared_entry(call, leader.message, leader.info)
         message, info = self.engine.hit(call, entry)
         return Outcome(call, "shared", message, info)
+
+
+def _falling_back(call: PreparedCall, why: object) -> None:
+    logger.warning(
+        "haikucache: %s failed (%s); trying the next fallback model",
+        call.model,
+        why if isinstance(why, int) else type(why).__name__,
+    )
 
 
 def _has_leases(store: object) -> bool:

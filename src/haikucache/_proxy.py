@@ -49,7 +49,14 @@ import httpx
 from ._engine import DEFAULT_STORE, CallInfo, Engine
 from ._exceptions import ConfigurationError, MissingDependencyError, UsageError
 from ._pipeline import Outcome, Reply, StreamTap
-from ._sdk_door import NAMESPACE_HEADER, Door, _streaming_headers, info_headers
+from ._sdk_door import (
+    NAMESPACE_HEADER,
+    Door,
+    _streaming_headers,
+    error_reply,
+    info_headers,
+    refused,
+)
 from ._store import AsyncResponseStore, DiskStore, MemoryStore, RedisStore, ResponseStore
 from ._upstream import DEFAULT_CONNECTION_LIMITS, DEFAULT_TIMEOUT, resolve_base_url
 
@@ -615,8 +622,9 @@ class _Proxy:
                 self.metrics.upstream("messages", started)
                 content = await response.aread()
                 if not response.is_success:
-                    return Reply(None, (response, content))
-                return Reply(Door.reply(response, content).message, (response, content))
+                    return error_reply((response, content), response)
+                reply = Door.reply(response, content)
+                return Reply(reply.message, (response, content), reply.status, reply.headers)
 
             return self._answer(await self.door.pipeline.aexchange(call, send))
         except httpx.TransportError as exc:
@@ -647,6 +655,7 @@ class _Proxy:
         response = await self.upstream.send("POST", target, forward, _encode(tap.call.body))
         self.metrics.upstream("messages", started)
         if not response.is_success:
+            refused(tap, response)
             content = await response.aread()
             await response.aclose()
             self.metrics.outcome("error")

@@ -43,6 +43,7 @@ __all__ = [
     "byte_stream_classes",
     "clean_headers",
     "credential_in",
+    "error_reply",
     "http_library",
     "info_from_headers",
     "info_headers",
@@ -51,6 +52,7 @@ __all__ = [
     "option_headers",
     "options_from_headers",
     "passthrough_headers",
+    "refused",
     "tee_async",
     "tee_sync",
 ]
@@ -350,12 +352,17 @@ class Door:
     """
 
     def __init__(
-        self, engine: Engine, *, namespace: str | None = None, label_by_credential: bool = False
+        self,
+        engine: Engine,
+        *,
+        namespace: str | None = None,
+        label_by_credential: bool = False,
+        upstream: str = "anthropic",
     ) -> None:
         if namespace is not None and (not isinstance(namespace, str) or not namespace):
             raise ConfigurationError("namespace must be a non-empty string")
         self.engine = engine
-        self.pipeline = Pipeline(engine)
+        self.pipeline = Pipeline(engine, upstream=upstream)
         self._namespace = namespace
         self._label_by_credential = label_by_credential
         # The SDK runs its hooks once per attempt; a retry reuses its first attempt's call.
@@ -413,7 +420,12 @@ class Door:
     @staticmethod
     def reply(response: Any, content: bytes) -> Reply[Any]:
         """An upstream reply for the pipeline: a message when ``content`` is one."""
-        return Reply(_decode_message(content), response)
+        return Reply(
+            _decode_message(content),
+            response,
+            status=response.status_code,
+            headers=response.headers,
+        )
 
     @staticmethod
     def render(outcome: Outcome[Any]) -> tuple[bytes, dict[str, str], CallInfo]:
@@ -517,6 +529,19 @@ def _streaming_headers(call: PreparedCall) -> dict[str, str]:
         NAMESPACE_OUT_HEADER: call.namespace,
         MODEL_HEADER: call.model,
     }
+
+
+def error_reply(raw: Any, response: Any) -> Reply[Any]:
+    """An upstream error response as the pipeline's reply: no message, its status and
+    headers (the controls stage learns from them), ``raw`` handed back to the door."""
+    return Reply(None, raw, status=response.status_code, headers=response.headers)
+
+
+def refused(tap: StreamTap, response: Any) -> None:
+    """A stream request answered with an error status instead of a stream: tell the tap
+    (nothing is stored; the controls stage learns it)."""
+    if not 200 <= response.status_code < 300:
+        tap.fail(response.status_code, response.headers)
 
 
 def credential_in(headers: Mapping[str, str]) -> str | None:

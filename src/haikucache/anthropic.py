@@ -53,6 +53,7 @@ from ._sdk_door import (
     _Box,
     clean_headers,
     credential_in,
+    error_reply,
     http_library,
     info_from_headers,
     info_headers,
@@ -60,6 +61,7 @@ from ._sdk_door import (
     lookup_info,
     option_headers,
     passthrough_headers,
+    refused,
     tee_async,
     tee_sync,
 )
@@ -217,9 +219,9 @@ class HaikuMiddleware(_MiddlewareBase):  # type: ignore[misc]
         url = str(getattr(self._client, "base_url", "http://localhost")).rstrip("/")
         return _library().Request("POST", url + "/v1/messages")
 
-    def _upstream_request(self, request: Any, call: Any) -> Any:
+    def _upstream_request(self, request: Any, body: dict[str, Any]) -> Any:
         headers = request.options.headers
-        upstream = request.copy(body=call.body)
+        upstream = request.copy(body=body)
         if getattr(upstream.options, "extra_json", None):
             upstream.options.extra_json = None  # already merged into the planned body
         if isinstance(headers, Mapping) and any(
@@ -282,15 +284,16 @@ class HaikuMiddleware(_MiddlewareBase):  # type: ignore[misc]
             opened = pipeline.open_stream(call, looked_up=not self._sse)
             if isinstance(opened, Outcome):
                 return self._answer(request, opened, _anthropic.APIResponse)
-            response = call_next(self._upstream_request(request, call))
+            response = call_next(self._upstream_request(request, call.body))
             if not self._sse or not response.http_response.is_success:
+                refused(opened, response.http_response)
                 return response
             return self._tee(request, opened, response, tee_sync)
 
         def send(body: dict[str, Any]) -> Reply[Any]:
-            response = call_next(self._upstream_request(request, call))
+            response = call_next(self._upstream_request(request, body))
             if not response.http_response.is_success:
-                return Reply(None, response)  # the SDK raises its own error for it
+                return error_reply(response, response.http_response)  # the SDK raises it
             return Door.reply(response, response.http_response.read())
 
         return self._answer(request, pipeline.exchange(call, send), _anthropic.APIResponse)
@@ -307,15 +310,16 @@ class HaikuMiddleware(_MiddlewareBase):  # type: ignore[misc]
             opened = await pipeline.aopen_stream(call, looked_up=not self._sse)
             if isinstance(opened, Outcome):
                 return self._answer(request, opened, _anthropic.AsyncAPIResponse)
-            response = await call_next(self._upstream_request(request, call))
+            response = await call_next(self._upstream_request(request, call.body))
             if not self._sse or not response.http_response.is_success:
+                refused(opened, response.http_response)
                 return response
             return self._tee(request, opened, response, tee_async)
 
         async def send(body: dict[str, Any]) -> Reply[Any]:
-            response = await call_next(self._upstream_request(request, call))
+            response = await call_next(self._upstream_request(request, body))
             if not response.http_response.is_success:
-                return Reply(None, response)
+                return error_reply(response, response.http_response)
             return Door.reply(response, await response.http_response.aread())
 
         outcome = await pipeline.aexchange(call, send)
@@ -343,7 +347,7 @@ def _transport_classes(lib: ModuleType) -> tuple[type, type]:
         except UsageError as exc:
             raise SDKRequestValidationError(exc, request) from exc
 
-    def upstream_request(request: Any, call: PreparedCall) -> Any:
+    def upstream_request(request: Any, body: dict[str, Any]) -> Any:
         """The request as it goes upstream: the planned body, no ``haikucache-*`` header."""
         upstream_headers = [
             (k, v)
@@ -354,7 +358,7 @@ def _transport_classes(lib: ModuleType) -> tuple[type, type]:
             request.method,
             request.url,
             headers=upstream_headers,
-            content=json.dumps(call.body, ensure_ascii=False).encode(),
+            content=json.dumps(body, ensure_ascii=False).encode(),
             extensions=request.extensions,
         )
 
@@ -400,18 +404,20 @@ def _transport_classes(lib: ModuleType) -> tuple[type, type]:
                 opened = pipeline.open_stream(call)
                 if isinstance(opened, Outcome):
                     return answer(request, opened)
-                response = self.inner.handle_request(upstream_request(request, call))
+                response = self.inner.handle_request(upstream_request(request, call.body))
                 if not 200 <= response.status_code < 300:
+                    refused(opened, response)
                     return response
                 return teed(request, response, opened, tee_sync)
 
             def send(body: dict[str, Any]) -> Reply[Any]:
-                response = self.inner.handle_request(upstream_request(request, call))
+                response = self.inner.handle_request(upstream_request(request, body))
                 if not 200 <= response.status_code < 300:
-                    return Reply(None, (response, None))
+                    return error_reply((response, None), response)
                 content = response.read()
                 response.close()
-                return Reply(Door.reply(response, content).message, (response, content))
+                reply = Door.reply(response, content)
+                return Reply(reply.message, (response, content), reply.status, reply.headers)
 
             return answer(request, pipeline.exchange(call, send))
 
@@ -433,18 +439,22 @@ def _transport_classes(lib: ModuleType) -> tuple[type, type]:
                 opened = await pipeline.aopen_stream(call)
                 if isinstance(opened, Outcome):
                     return answer(request, opened)
-                response = await self.inner.handle_async_request(upstream_request(request, call))
+                response = await self.inner.handle_async_request(
+                    upstream_request(request, call.body)
+                )
                 if not 200 <= response.status_code < 300:
+                    refused(opened, response)
                     return response
                 return teed(request, response, opened, tee_async)
 
             async def send(body: dict[str, Any]) -> Reply[Any]:
-                response = await self.inner.handle_async_request(upstream_request(request, call))
+                response = await self.inner.handle_async_request(upstream_request(request, body))
                 if not 200 <= response.status_code < 300:
-                    return Reply(None, (response, None))
+                    return error_reply((response, None), response)
                 content = await response.aread()
                 await response.aclose()
-                return Reply(Door.reply(response, content).message, (response, content))
+                reply = Door.reply(response, content)
+                return Reply(reply.message, (response, content), reply.status, reply.headers)
 
             return answer(request, await pipeline.aexchange(call, send))
 

@@ -46,7 +46,7 @@ from haikucache import (
     StreamTap,
 )
 from haikucache._replay import message_to_sse
-from haikucache._sdk_door import credential_in
+from haikucache._sdk_door import credential_in, error_reply, refused
 
 __all__ = ["CallSlot", "current_slot", "transport_classes", "use_slot"]
 
@@ -173,8 +173,8 @@ class _Door:
             slot.info = outcome.info
         return outcome.raw
 
-    def upstream_request(self, request: Any, call: Any, params: dict[str, Any]) -> Any:
-        if call.body == params:
+    def upstream_request(self, request: Any, body: dict[str, Any], params: dict[str, Any]) -> Any:
+        if body == params:
             # Unchanged by the planner (no breakpoint added): the SDK's bytes can go as they
             # are, without encoding the body again.
             return request
@@ -187,7 +187,7 @@ class _Door:
             request.method,
             request.url,
             headers=headers,
-            content=_dumps(call.body).encode(),
+            content=_dumps(body).encode(),
             extensions=request.extensions,
         )
 
@@ -202,13 +202,13 @@ class _Door:
     def reply(response: Any) -> Reply[Any]:
         """A successful JSON answer as the pipeline's reply (``message`` ``None`` otherwise)."""
         if response.status_code != 200:
-            return Reply(None, response)
+            return error_reply(response, response)
         try:
             data = json.loads(response.content)
         except ValueError:
-            return Reply(None, response)
+            return error_reply(response, response)
         message = data if isinstance(data, dict) and data.get("type") == "message" else None
-        return Reply(message, response)
+        return Reply(message, response, response.status_code, response.headers)
 
 
 def _follow(tap: StreamTap, slot: CallSlot | None, chunk: bytes) -> bool:
@@ -293,9 +293,10 @@ def transport_classes(mod: ModuleType) -> tuple[type[Any], type[Any]]:
                 if isinstance(opened, Outcome):
                     return self.door.local_response(request, opened, slot)
                 response = self.inner.handle_request(
-                    self.door.upstream_request(request, call, params)
+                    self.door.upstream_request(request, call.body, params)
                 )
                 if not self.door.is_stream(response):
+                    refused(opened, response)
                     return response
                 return mod.Response(
                     response.status_code,
@@ -307,7 +308,7 @@ def transport_classes(mod: ModuleType) -> tuple[type[Any], type[Any]]:
 
             def send(body: dict[str, Any]) -> Reply[Any]:
                 response = self.inner.handle_request(
-                    self.door.upstream_request(request, call, params)
+                    self.door.upstream_request(request, body, params)
                 )
                 if response.status_code == 200:
                     response.read()
@@ -347,9 +348,10 @@ def transport_classes(mod: ModuleType) -> tuple[type[Any], type[Any]]:
                 if isinstance(opened, Outcome):
                     return self.door.local_response(request, opened, slot)
                 response = await self.inner.handle_async_request(
-                    self.door.upstream_request(request, call, params)
+                    self.door.upstream_request(request, call.body, params)
                 )
                 if not self.door.is_stream(response):
+                    refused(opened, response)
                     return response
                 return mod.Response(
                     response.status_code,
@@ -361,7 +363,7 @@ def transport_classes(mod: ModuleType) -> tuple[type[Any], type[Any]]:
 
             async def send(body: dict[str, Any]) -> Reply[Any]:
                 response = await self.inner.handle_async_request(
-                    self.door.upstream_request(request, call, params)
+                    self.door.upstream_request(request, body, params)
                 )
                 if response.status_code == 200:
                     await response.aread()

@@ -1,0 +1,332 @@
+"""Production controls as one stage of the pipeline: budgets, rate limits, circuit breaker,
+fallback.
+
+::
+
+    plan ──▶ admit     breaker.before(upstream)   open: fail fast, or the next fallback
+                       budgets.reserve(worst case) hard cap: BudgetExceededError, $0 spent
+                       limiter.acquire(estimate)   waits up to ``wait`` s, or RateLimitedError
+             send      the door's I/O
+             settle    an answer: budgets.settle(real cost), limiter.settle(real usage) and
+                       learn(headers), breaker.success
+                       an error: release the reservation and the permit, breaker verdict
+                       (5xx / 529 / timeouts / connection errors count; a 4xx never does),
+                       and on 529 / 5xx / connection errors the next fallback model
+
+Every door gets these because the pipeline runs them (see :mod:`haikucache._pipeline`);
+a door never calls them. Configure them on the engine::
+
+    engine = Engine(controls=Controls(
+        budgets=Budgets([Budget(50.0, period="day")]),
+        limiter=RateLimiter({"claude-haiku-4-5": RateLimits(rpm=50, itpm=50_000, otpm=10_000)}),
+        breaker=CircuitBreaker(),
+        fallback=("claude-sonnet-4-5",),
+    ))
+
+**Cache-aware ITPM.** Before a call is sent, the limiter needs its input split into
+uncached tokens, cache writes and cache reads (reads do not count toward ITPM on Haiku 4.5).
+The planner gives the prefix sizes up to each breakpoint; this stage remembers, per prefix
+fingerprint, until when a prefix it sent is cached upstream (its marker's TTL, refreshed on
+each use), and estimates a warm prefix as a read and a cold one as a write. The permit is
+settled with the real usage afterwards, so an estimate that was wrong costs only the
+difference for the length of one call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._breaker import CircuitBreaker, upstream_key
+from ._budget import Budgets, Reservation, worst_case_for_plan
+from ._exceptions import ConfigurationError
+from ._limits import Permit, RateLimiter
+
+if TYPE_CHECKING:
+    from ._engine import CallInfo, PreparedCall
+    from ._planner import Plan
+
+__all__ = ["Controls", "Ticket"]
+
+logger = logging.getLogger("haikucache")
+
+#: Statuses after which the next fallback is tried (and the breaker counts a failure).
+FALLBACK_STATUSES = frozenset({500, 502, 503, 504, 529})
+_TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The production controls every call of an engine passes through.
+
+    Args:
+        budgets: spending caps (:class:`~haikucache.Budgets`), checked before each call
+            with its worst-case cost and settled with its real cost.
+        limiter: a client-side :class:`~haikucache.RateLimiter` (RPM, cache-aware ITPM,
+            OTPM), in-process or shared through Redis.
+        breaker: a :class:`~haikucache.CircuitBreaker`, one circuit per upstream (base URL
+            and model).
+        fallback: models to try, in order, when the model asked for answers 529 / 5xx or
+            cannot be reached (after the door's own retries); never on a 4xx. An answer is
+            accounted, priced and cached under the model that gave it.
+        wait: seconds a call may wait for the rate limiter (``None``: as long as needed;
+            ``0``: refuse at once).
+    """
+
+    budgets: Budgets | None = None
+    limiter: RateLimiter | None = None
+    breaker: CircuitBreaker | None = None
+    fallback: Sequence[str] = ()
+    wait: float | None = 30.0
+
+    def __post_init__(self) -> None:
+        if self.budgets is not None and not isinstance(self.budgets, Budgets):
+            raise ConfigurationError(f"budgets must be a haikucache.Budgets, got {self.budgets!r}")
+        if self.limiter is not None and not isinstance(self.limiter, RateLimiter):
+            raise ConfigurationError(
+                f"limiter must be a haikucache.RateLimiter, got {self.limiter!r}"
+            )
+        if self.breaker is not None and not isinstance(self.breaker, CircuitBreaker):
+            raise ConfigurationError(
+                f"breaker must be a haikucache.CircuitBreaker, got {self.breaker!r}"
+            )
+        if isinstance(self.fallback, str) or not all(
+            isinstance(m, str) and m for m in self.fallback
+        ):
+            raise ConfigurationError("fallback must be a sequence of model names")
+        object.__setattr__(self, "fallback", tuple(self.fallback))
+        if self.wait is not None and not self.wait >= 0:
+            raise ConfigurationError("wait must be >= 0 seconds or None")
+        object.__setattr__(self, "_warmth", _Warmth())
+
+    @property
+    def active(self) -> bool:
+        """Whether any control is configured."""
+        return bool(self.budgets or self.limiter or self.breaker or self.fallback)
+
+    # -- admit ----------------------------------------------------------------------------
+
+    def admit(self, call: PreparedCall, upstream: str, *, now: float) -> Ticket:
+        """Let a planned call go upstream, or refuse it (nothing is then held).
+
+        Raises:
+            CircuitOpenError: the upstream's circuit is open.
+            BudgetExceededError: a hard budget has no room for the call's worst case.
+            RateLimitedError: the limiter cannot admit it within :attr:`wait`.
+        """
+        ticket = self._open(call, upstream, now)
+        try:
+            if self.budgets is not None:
+                ticket.reservation = self.budgets.reserve(call.namespace, ticket.worst_usd)
+            if self.limiter is not None:
+                ticket.permit = self.limiter.acquire(call.model, **ticket.estimate)
+        except BaseException:
+            self._abandon(ticket)
+            raise
+        return ticket
+
+    async def aadmit(self, call: PreparedCall, upstream: str, *, now: float) -> Ticket:
+        """The async twin of :meth:`admit` (waiting for the limiter never blocks the loop)."""
+        ticket = self._open(call, upstream, now)
+        try:
+            if self.budgets is not None:
+                ticket.reservation = await self.budgets.areserve(call.namespace, ticket.worst_usd)
+            if self.limiter is not None:
+                ticket.permit = await self.limiter.aacquire(call.model, **ticket.estimate)
+        except BaseException:
+            self._abandon(ticket)
+            raise
+        return ticket
+
+    def _open(self, call: PreparedCall, upstream: str, now: float) -> Ticket:
+        plan = call.plan
+        key = (
+            upstream_key(upstream, call.model) if _is_url(upstream) else f"{upstream}|{call.model}"
+        )
+        if self.breaker is not None:
+            self.breaker.before(key)  # raises CircuitOpenError while open
+        max_tokens = int(call.body.get("max_tokens") or 0)
+        worst = worst_case_for_plan(plan, max_tokens) if plan is not None else 0.0
+        estimate = self._warmth_of().estimate(plan, max_tokens, now)
+        if self.limiter is not None and self.wait is not None:
+            estimate["deadline"] = self.wait
+        return Ticket(call=call, breaker_key=key, worst_usd=worst, estimate=estimate)
+
+    def _warmth_of(self) -> _Warmth:
+        warmth: _Warmth = self.__dict__["_warmth"]
+        return warmth
+
+    def _abandon(self, ticket: Ticket) -> None:
+        """Give back what a refused admission held (a refused call was never sent)."""
+        if ticket.reservation is not None and self.budgets is not None:
+            self.budgets.release(ticket.reservation)
+        if ticket.permit is not None and self.limiter is not None:
+            self.limiter.release(ticket.permit, sent=False)
+        if self.breaker is not None:
+            self.breaker.cancel(ticket.breaker_key)
+
+    # -- settle ---------------------------------------------------------------------------
+
+    def answered(
+        self,
+        ticket: Ticket,
+        message: Mapping[str, Any],
+        info: CallInfo | None,
+        *,
+        headers: Mapping[str, str] | None,
+        now: float,
+    ) -> None:
+        """The call got a complete or partial answer: settle everything with real figures."""
+        try:
+            if ticket.reservation is not None and self.budgets is not None:
+                cost = info.cost_usd if info is not None else ticket.worst_usd
+                self.budgets.settle(ticket.reservation, cost)
+            if self.limiter is not None:
+                if ticket.permit is not None:
+                    usage = message.get("usage")
+                    self.limiter.settle(
+                        ticket.permit, usage if isinstance(usage, Mapping) else None
+                    )
+                if headers is not None:
+                    self.limiter.learn(ticket.call.model, headers, status=200)
+            if self.breaker is not None:
+                self.breaker.success(ticket.breaker_key)
+            self._warmth_of().sent(ticket.call.plan, now)
+        except Exception:  # a control's store failing never fails a call that succeeded
+            logger.warning("haikucache: settling a call's controls failed", exc_info=True)
+
+    def failed(
+        self,
+        ticket: Ticket,
+        *,
+        status: int | None,
+        exc: BaseException | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> bool:
+        """The call got no answer (an error status, or ``exc``): release what it held and
+        tell the breaker. Returns whether the next fallback may be tried."""
+        upstream_failure = _upstream_failure(status, exc)
+        try:
+            if ticket.reservation is not None and self.budgets is not None:
+                # An error answer is not billed; a call cut off mid-way may have been, but
+                # nothing says how much: the reservation is freed, not guessed.
+                self.budgets.release(ticket.reservation)
+            if ticket.permit is not None and self.limiter is not None:
+                self.limiter.release(ticket.permit, sent=True)
+                if headers is not None:
+                    self.limiter.learn(ticket.call.model, headers, status=status)
+            if self.breaker is not None:
+                if upstream_failure:
+                    self.breaker.failure(ticket.breaker_key)
+                elif status is not None and status < 500 and status != 429:
+                    self.breaker.success(ticket.breaker_key)  # it answered: it is up
+                else:
+                    self.breaker.cancel(ticket.breaker_key)
+        except Exception:
+            logger.warning("haikucache: releasing a call's controls failed", exc_info=True)
+        return upstream_failure
+
+    def abandoned(self, ticket: Ticket) -> None:
+        """The call was cancelled or interrupted before an answer: nothing learned."""
+        try:
+            self._abandon(ticket)
+        except Exception:
+            logger.warning("haikucache: releasing a call's controls failed", exc_info=True)
+
+
+@dataclass
+class Ticket:
+    """What :meth:`Controls.admit` holds for one call until it is settled."""
+
+    call: PreparedCall
+    breaker_key: str
+    worst_usd: float
+    estimate: dict[str, Any]
+    reservation: Reservation | None = None
+    permit: Permit | None = None
+
+
+def error_status(exc: BaseException) -> int | None:
+    """The HTTP status an upstream error carries (haikucache's, the SDK's, httpx's)."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def error_headers(exc: BaseException) -> Mapping[str, str] | None:
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    return headers if isinstance(headers, Mapping) or hasattr(headers, "get") else None
+
+
+def _upstream_failure(status: int | None, exc: BaseException | None) -> bool:
+    """529 / 5xx, a timeout or a connection error: the upstream is unwell."""
+    if status is not None:
+        return status in FALLBACK_STATUSES or status >= 500
+    if exc is None:
+        return False
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    # The connection errors of haikucache, the anthropic SDK and httpx, by family name.
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(
+        names & {"APIConnectionError", "APITimeoutError", "TransportError", "TimeoutException"}
+    )
+
+
+def _is_url(upstream: str) -> bool:
+    return "://" in upstream
+
+
+class _Warmth:
+    """Until when each prefix this process sent stays in the upstream's prompt cache.
+
+    Bounded (least recently used prefixes are forgotten first) and thread-safe. It is a
+    local estimate only: the limiter settles with the real usage.
+    """
+
+    def __init__(self, size: int = 50_000) -> None:
+        self._until: OrderedDict[int, float] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def estimate(self, plan: Plan | None, max_tokens: int, now: float) -> dict[str, Any]:
+        if plan is None:
+            return {"output_tokens": max_tokens}
+        total = plan.estimated_tokens
+        fps = getattr(plan, "_fps", {})
+        read = last = 0
+        with self._lock:
+            for bp in plan.breakpoints:
+                tokens = min(bp.prefix_tokens, total)
+                last = max(last, tokens)
+                fp = fps.get(bp.path)
+                if fp is not None and self._until.get(fp, 0.0) > now:
+                    read = max(read, tokens)
+        write = max(0, last - read)
+        return {
+            "input_tokens": max(0, total - read - write),
+            "cache_write_tokens": write,
+            "cache_read_tokens": read,
+            "output_tokens": max_tokens,
+        }
+
+    def sent(self, plan: Plan | None, now: float) -> None:
+        if plan is None:
+            return
+        fps = getattr(plan, "_fps", {})
+        with self._lock:
+            for bp in plan.breakpoints:
+                fp = fps.get(bp.path)
+                if fp is None:
+                    continue
+                self._until[fp] = now + _TTL_SECONDS.get(bp.ttl, 300.0)
+                self._until.move_to_end(fp)
+            while len(self._until) > self._size:
+                self._until.popitem(last=False)

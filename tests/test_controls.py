@@ -1,0 +1,239 @@
+"""The production controls as a stage of the pipeline (issue 15): budgets, the rate limiter,
+the circuit breaker and fallback models, at the doors, against the emulator.
+
+The controls themselves are tested on their own in ``test_budget.py``, ``test_limits.py`` and
+``test_breaker.py``; here, that every call that goes upstream passes through them, and that
+a refusal happens before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from haikucache import (
+    AsyncClient,
+    Budget,
+    BudgetExceededError,
+    Budgets,
+    CircuitBreaker,
+    CircuitOpenError,
+    Client,
+    Controls,
+    Engine,
+    MemoryLedger,
+    OverloadedError,
+    RateLimitedError,
+    RateLimiter,
+    RateLimits,
+)
+from haikucache.testing import Emulator
+
+HAIKU = "claude-haiku-4-5"
+SONNET = "claude-sonnet-4-5"
+BASE_URL = "http://emulator.test"
+
+
+def client(emu: Emulator, controls: Controls, **engine: Any) -> Client:
+    engine.setdefault("ledger", MemoryLedger())
+    engine.setdefault("store", "memory")
+    return Client(
+        api_key="sk-test",
+        base_url=BASE_URL,
+        transport=emu.transport(),
+        engine=Engine(controls=controls, **engine),
+        max_retries=0,
+    )
+
+
+def ask(question: str, *, model: str = HAIKU, **params: Any) -> dict[str, Any]:
+    return {
+        "model": model,
+        "max_tokens": 1024,
+        "messages": [{"role": "user", "content": question}],
+        **params,
+    }
+
+
+def spent(c: Client) -> float:
+    ledger = c.engine.ledger
+    assert isinstance(ledger, MemoryLedger)
+    return sum(e.cost.billed_usd for e in ledger.entries)
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def test_a_hard_budget_refuses_before_sending_and_spend_stays_under_the_cap() -> None:
+    emu = Emulator()
+    cap = 0.012  # room for two worst cases (1,024 output tokens each) of these short calls
+    with client(emu, Controls(budgets=Budgets([Budget(cap)]))) as c:
+        answered = 0
+        with pytest.raises(BudgetExceededError) as refused:
+            for i in range(50):
+                c.messages.create(**ask(f"Question {i}?"))
+                answered += 1
+        sent = emu.requests["messages"]
+        assert answered == sent >= 2
+        assert spent(c) <= cap
+        assert refused.value.cap_usd == cap and refused.value.requested_usd > 0
+        # A hit costs nothing and needs no budget.
+        assert c.messages.create(**ask("Question 0?")).haikucache.cache == "hit"  # type: ignore[union-attr]
+        assert emu.requests["messages"] == sent
+
+
+def test_a_soft_budget_warns_and_lets_calls_through(caplog: pytest.LogCaptureFixture) -> None:
+    emu = Emulator()
+    events: list[Any] = []
+    budgets = Budgets([Budget(0.001, hard=False)], on_exceeded=events.append)
+    with client(emu, Controls(budgets=budgets)) as c, caplog.at_level(logging.WARNING):
+        for i in range(3):
+            c.messages.create(**ask(f"Question {i}?"))
+    assert emu.requests["messages"] == 3
+    assert events, "the callback heard of the crossing"
+    assert "budget" in caplog.text.lower()
+
+
+def test_a_streamed_call_is_budgeted_and_settled_with_its_real_cost() -> None:
+    emu = Emulator()
+    budgets = Budgets([Budget(1.0)])
+    with client(emu, Controls(budgets=budgets)) as c:
+        with c.messages.stream(**ask("Stream this?")) as stream:
+            final = stream.get_final_message()
+        (status,) = budgets.status()
+        assert status.reserved_usd == 0
+        assert status.spent_usd == pytest.approx(final.haikucache.cost_usd)  # type: ignore[union-attr]
+    with client(emu, Controls(budgets=Budgets([Budget(0.0)]))) as c:
+        before = emu.requests["messages"]
+        with pytest.raises(BudgetExceededError):
+            c.messages.stream(**ask("Stream another?")).__enter__()
+        assert emu.requests["messages"] == before
+
+
+def test_the_async_door_refuses_over_budget_too() -> None:
+    emu = Emulator()
+
+    async def run() -> int:
+        async with AsyncClient(
+            api_key="sk-test",
+            base_url=BASE_URL,
+            transport=emu.transport(),
+            engine=Engine(ledger=MemoryLedger(), controls=Controls(budgets=Budgets([Budget(0.0)]))),
+            max_retries=0,
+        ) as c:
+            with pytest.raises(BudgetExceededError):
+                await c.messages.create(**ask("Async?"))
+        return int(emu.requests["messages"])
+
+    assert asyncio.run(run()) == 0
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+def test_the_limiter_refuses_over_rpm_before_sending() -> None:
+    emu = Emulator()
+    limiter = RateLimiter({HAIKU: RateLimits(rpm=2)})
+    with client(emu, Controls(limiter=limiter, wait=0)) as c:
+        c.messages.create(**ask("One?"))
+        c.messages.create(**ask("Two?"))
+        with pytest.raises(RateLimitedError) as refused:
+            c.messages.create(**ask("Three?"))
+    assert refused.value.limit == "requests"
+    assert emu.requests["messages"] == 2
+
+
+def long_system() -> str:
+    # About 6,000 tokens: above Haiku 4.5's 4,096-token minimum, so the planner marks it.
+    return " ".join(f"Rule {i}: answer politely and cite the fare table." for i in range(600))
+
+
+@pytest.mark.parametrize("cache_aware", [True, False])
+def test_cache_reads_do_not_count_toward_itpm_on_haiku(cache_aware: bool) -> None:
+    # ITPM room for one write of the long prefix and a little: a naive limiter counts the
+    # prefix again on every call; a cache-aware one sees the repeats read it from cache.
+    emu = Emulator()
+    limiter = RateLimiter({HAIKU: RateLimits(itpm=9_000)}, cache_aware=cache_aware)
+    system = long_system()
+    with client(emu, Controls(limiter=limiter, wait=0)) as c:
+        first = c.messages.create(**ask("Question 0?", system=system))
+        assert first.usage.cache_creation_input_tokens > 4_096
+        admitted = 1
+        try:
+            for i in range(1, 6):
+                reply = c.messages.create(**ask(f"Question {i}?", system=system))
+                assert reply.usage.cache_read_input_tokens > 4_096
+                admitted += 1
+        except RateLimitedError:
+            pass
+    assert admitted == (6 if cache_aware else 1)
+
+
+# --------------------------------------------------------------------------- breaker
+
+
+def test_an_open_circuit_fails_fast_without_sending() -> None:
+    emu = Emulator()
+    emu.overload(1.0)
+    breaker = CircuitBreaker(failure_threshold=2, cooldown=60)
+    with client(emu, Controls(breaker=breaker)) as c:
+        for _ in range(2):
+            with pytest.raises(OverloadedError):
+                c.messages.create(**ask("Anyone there?"))
+        with pytest.raises(CircuitOpenError):
+            c.messages.create(**ask("Anyone there?"))
+    assert emu.requests["messages"] == 2
+
+
+def test_a_4xx_never_opens_the_circuit() -> None:
+    emu = Emulator()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=60)
+    with client(emu, Controls(breaker=breaker)) as c:
+        emu.inject("status", status=400, times=3)
+        for _ in range(3):
+            with pytest.raises(Exception) as err:
+                c.messages.create(**ask("Bad?"))
+            assert getattr(err.value, "status_code", None) == 400
+        assert c.messages.create(**ask("Fine?")).stop_reason == "end_turn"
+
+
+# --------------------------------------------------------------------------- fallback
+
+
+def test_an_overloaded_model_falls_back_and_the_answer_is_the_fallbacks() -> None:
+    emu = Emulator()
+    emu.inject("overloaded", times=1)  # the primary's one attempt
+    with client(emu, Controls(fallback=(SONNET,))) as c:
+        message = c.messages.create(**ask("Where is my bag?"))
+        assert message.model.startswith(SONNET)
+        info = message.haikucache
+        assert info is not None and info.model.startswith(SONNET) and info.cache == "miss"
+        # Cached under the model that gave it: the same request to that model is a hit,
+        # and the primary, healthy again, answers its own request.
+        assert c.messages.create(**ask("Where is my bag?", model=SONNET)).haikucache.cache == "hit"  # type: ignore[union-attr]
+        again = c.messages.create(**ask("Where is my bag?"))
+        assert again.model.startswith(HAIKU) and again.haikucache.cache == "miss"  # type: ignore[union-attr]
+    assert emu.requests["messages"] == 3
+
+
+def test_a_4xx_never_falls_back() -> None:
+    emu = Emulator()
+    emu.inject("status", status=400, times=1)
+    with client(emu, Controls(fallback=(SONNET,))) as c, pytest.raises(Exception) as err:
+        c.messages.create(**ask("Bad?"))
+    assert getattr(err.value, "status_code", None) == 400
+    assert emu.requests["messages"] == 1
+
+
+def test_an_open_circuit_goes_straight_to_the_fallback() -> None:
+    emu = Emulator()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=60)
+    emu.inject("overloaded", times=1)
+    with client(emu, Controls(breaker=breaker, fallback=(SONNET,))) as c:
+        assert c.messages.create(**ask("One?")).model.startswith(SONNET)  # 529, then fallback
+        sent = emu.requests["messages"]
+        assert c.messages.create(**ask("Two?")).model.startswith(SONNET)  # circuit open
+        assert emu.requests["messages"] == sent + 1  # the primary was not tried
