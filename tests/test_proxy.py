@@ -837,3 +837,64 @@ def test_two_replicas_on_one_redis_share_hits_and_single_flight(redis_url: str) 
         finally:
             assert stop(a)
             assert stop(b)
+
+
+# --------------------------------------------------------------------------- controls
+
+
+def test_a_virtual_keys_budget_is_its_own_and_refusals_are_402s_before_upstream(
+    start_proxy: Callable[..., ProxyServer],
+    monkeypatch: pytest.MonkeyPatch,
+    emulator: Emulator,
+    upstream: str,
+) -> None:
+    monkeypatch.setenv("TEAM_UPSTREAM_KEY", "sk-ant-upstream-secret")
+    keys = {
+        "hc-small": {
+            "upstream_key_env": "TEAM_UPSTREAM_KEY",
+            "namespace": "small",
+            "budget_usd": 0.0,
+        },
+        "hc-large": {"upstream_key_env": "TEAM_UPSTREAM_KEY", "namespace": "large"},
+    }
+    proxy = start_proxy(upstream=upstream, keys=keys)
+    url = f"{proxy.base_url}/v1/messages"
+    refused = httpx.post(url, json=ask("Small team"), headers=key_headers("hc-small"))
+    assert refused.status_code == 402, refused.text
+    assert refused.json()["error"]["type"] == "billing_error"
+    assert refused.headers["x-should-retry"] == "false"
+    streamed = httpx.post(url, json=ask("Small team", stream=True), headers=key_headers("hc-small"))
+    assert streamed.status_code == 402
+    assert len(emulator.log) == 0
+    ok = httpx.post(url, json=ask("Large team"), headers=key_headers("hc-large"))
+    assert ok.status_code == 200, ok.text
+    assert len(emulator.log) == 1
+
+
+def test_the_proxy_rate_limit_is_a_429_with_retry_after_and_nothing_sent(
+    start_proxy: Callable[..., ProxyServer], emulator: Emulator, upstream: str
+) -> None:
+    proxy = start_proxy(upstream=upstream, rpm=2, limit_wait=0)
+    url = f"{proxy.base_url}/v1/messages"
+    statuses = [
+        httpx.post(url, json=ask(f"Question {i}"), headers=key_headers("sk-a")).status_code
+        for i in range(3)
+    ]
+    assert statuses == [200, 200, 429]
+    limited = httpx.post(url, json=ask("Question 9"), headers=key_headers("sk-a"))
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+    assert int(limited.headers["retry-after"]) >= 1
+    assert len(emulator.log) == 2
+
+
+def test_the_proxy_falls_back_when_the_model_is_overloaded(
+    start_proxy: Callable[..., ProxyServer], emulator: Emulator, upstream: str
+) -> None:
+    proxy = start_proxy(upstream=upstream, fallback="claude-sonnet-4-5")
+    emulator.inject("overloaded", times=1)
+    reply = httpx.post(
+        f"{proxy.base_url}/v1/messages", json=ask("Where is my bag?"), headers=key_headers("sk-a")
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["model"].startswith("claude-sonnet-4-5")
+    assert [r.body["model"] for r in emulator.log] == ["claude-haiku-4-5", "claude-sonnet-4-5"]

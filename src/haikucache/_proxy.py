@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -46,8 +47,20 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ._breaker import CircuitBreaker
+from ._budget import Budget, Budgets, RedisBudgetBackend
+from ._controls import Controls
 from ._engine import DEFAULT_STORE, CallInfo, Engine
-from ._exceptions import ConfigurationError, MissingDependencyError, UsageError
+from ._exceptions import (
+    BudgetExceededError,
+    CircuitOpenError,
+    ConfigurationError,
+    ControlError,
+    MissingDependencyError,
+    RateLimitedError,
+    UsageError,
+)
+from ._limits import RateLimiter, RateLimits, RedisLimiterBackend
 from ._pipeline import Outcome, Reply, StreamTap
 from ._sdk_door import (
     NAMESPACE_HEADER,
@@ -116,7 +129,7 @@ _HOP_RESPONSE = frozenset(
 )
 _AUTH_HEADERS = ("x-api-key", "authorization")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-_OUTCOMES = ("hit", "semantic", "shared", "miss", "error", "invalid")
+_OUTCOMES = ("hit", "semantic", "shared", "miss", "error", "invalid", "refused")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -141,10 +154,15 @@ class VirtualKey:
         upstream_key_env: the environment variable holding the upstream API key (the secret
             itself never appears in a config file).
         namespace: the tenant label its calls are accounted and keyed under.
+        budget_usd: a hard cap on what its calls may spend per ``budget_period``
+            (``None``: none of its own; the proxy's global budget still applies).
+        budget_period: ``"day"`` (default), ``"month"`` or ``"total"``.
     """
 
     upstream_key_env: str
     namespace: str
+    budget_usd: float | None = None
+    budget_period: str = "day"
 
     def __post_init__(self) -> None:
         if not isinstance(self.upstream_key_env, str) or not self.upstream_key_env:
@@ -155,6 +173,7 @@ class VirtualKey:
             or not self.namespace.isascii()
         ):
             raise ConfigurationError("a virtual key's namespace must be a non-empty ASCII string")
+        _check_budget(self.budget_usd, self.budget_period, f"virtual key {self.namespace!r}")
 
 
 @dataclass(frozen=True)
@@ -182,6 +201,18 @@ class ProxyConfig:
         caller_keys: accept callers' own API keys (off: only virtual keys).
         keys: virtual keys, by the key callers present.
         log_level: uvicorn's and haikucache's log level.
+        budget_usd: a hard cap on what every call through the proxy may spend per
+            ``budget_period`` (``None``: no global budget; virtual keys may have their own).
+        budget_period: ``"day"`` (default, UTC), ``"month"`` or ``"total"``.
+        rpm, itpm, otpm: client-side rate limits per model (cache-aware ITPM on Haiku 4.5);
+            calls wait up to ``limit_wait`` seconds for room, then get a 429.
+        limit_wait: seconds a call may wait for the rate limiter.
+        breaker_failures: consecutive 5xx / 529 / connection errors that open an upstream
+            model's circuit (0: no circuit breaker).
+        fallback: models tried in order when the one asked for is overloaded or down
+            (comma-separated).
+        controls_store: a ``redis://`` URL where budgets and rate limits live, shared by
+            every replica (default: the ``store``'s Redis when it is one, else in-process).
     """
 
     host: str = "127.0.0.1"
@@ -198,6 +229,15 @@ class ProxyConfig:
     caller_keys: bool = True
     keys: Mapping[str, VirtualKey] = field(default_factory=dict, repr=False)
     log_level: str = "info"
+    budget_usd: float | None = None
+    budget_period: str = "day"
+    rpm: int | None = None
+    itpm: int | None = None
+    otpm: int | None = None
+    limit_wait: float = 30.0
+    breaker_failures: int = 0
+    fallback: str = ""
+    controls_store: str | None = None
 
     def __post_init__(self) -> None:
         # Virtual keys may be given as the TOML table's plain dicts.
@@ -218,6 +258,19 @@ class ProxyConfig:
             raise ConfigurationError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
         if not self.caller_keys and not self.keys:
             raise ConfigurationError("caller_keys = false needs at least one virtual key")
+        _check_budget(self.budget_usd, self.budget_period, "the proxy")
+        for name in ("rpm", "itpm", "otpm"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigurationError(f"{name} must be a positive number per minute")
+        if self.limit_wait < 0:
+            raise ConfigurationError("limit_wait must be >= 0 seconds")
+        if self.breaker_failures < 0:
+            raise ConfigurationError("breaker_failures must be >= 0 (0: no circuit breaker)")
+        if self.controls_store is not None and not self.controls_store.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigurationError("controls_store must be a redis:// URL")
         if not self.emulator:
             upstream = urlsplit(self.upstream_url)
             if self.port and upstream.port == self.port and _is_local(upstream.hostname, self.host):
@@ -296,7 +349,17 @@ _SETTINGS: dict[str, type] = {
     "caller_keys": bool,
     "keys": dict,
     "log_level": str,
+    "budget_usd": float,
+    "budget_period": str,
+    "rpm": int,
+    "itpm": int,
+    "otpm": int,
+    "limit_wait": float,
+    "breaker_failures": int,
+    "fallback": str,
+    "controls_store": str,
 }
+_KEY_FIELDS = ("upstream_key_env", "namespace", "budget_usd", "budget_period")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -333,13 +396,16 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(spec, VirtualKey):
                 keys[str(key)] = spec
                 continue
-            if not isinstance(spec, Mapping) or set(spec) - {"upstream_key_env", "namespace"}:
+            if not isinstance(spec, Mapping) or set(spec) - set(_KEY_FIELDS):
                 raise ConfigurationError(
-                    "each [keys] entry is { upstream_key_env = <variable>, namespace = <name> }"
+                    "each [keys] entry is { upstream_key_env = <variable>, namespace = <name> "
+                    "[, budget_usd = <cap>, budget_period = day|month|total] }"
                 )
             keys[str(key)] = VirtualKey(
                 upstream_key_env=spec.get("upstream_key_env", ""),
                 namespace=spec.get("namespace", ""),
+                budget_usd=spec.get("budget_usd"),
+                budget_period=spec.get("budget_period", "day"),
             )
         return keys
     raise ConfigurationError(f"setting {name} must be a {kind.__name__}, got {value!r}")
@@ -361,6 +427,55 @@ def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if unknown:
         raise ConfigurationError(f"{path}: unknown settings {', '.join(sorted(unknown))}")
     return data
+
+
+def _check_budget(cap: float | None, period: str, whose: str) -> None:
+    if cap is not None and (
+        isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap >= 0
+    ):
+        raise ConfigurationError(f"the budget of {whose} must be a number of dollars >= 0")
+    if period not in ("day", "month", "total"):
+        raise ConfigurationError(f"the budget period of {whose} must be day, month or total")
+
+
+def _build_controls(config: ProxyConfig) -> Controls | None:
+    """The controls stage ``config`` asks for (``None``: none)."""
+    shared = config.controls_store
+    if shared is None and config.store.startswith(("redis://", "rediss://", "unix://")):
+        shared = config.store
+    budgets = [
+        Budget(float(config.budget_usd), period=config.budget_period, name="proxy")  # type: ignore[arg-type]
+        for _ in (0,)
+        if config.budget_usd is not None
+    ]
+    budgets += [
+        Budget(
+            float(vk.budget_usd),
+            period=vk.budget_period,  # type: ignore[arg-type]
+            namespace=vk.namespace,
+            name=f"key:{vk.namespace}",
+        )
+        for vk in config.keys.values()
+        if vk.budget_usd is not None
+    ]
+    limits = RateLimits(rpm=config.rpm, itpm=config.itpm, otpm=config.otpm)
+    limited = any(v is not None for v in (config.rpm, config.itpm, config.otpm))
+    fallback = tuple(m.strip() for m in config.fallback.split(",") if m.strip())
+    if not (budgets or limited or config.breaker_failures or fallback):
+        return None
+    return Controls(
+        budgets=Budgets(budgets, backend=RedisBudgetBackend(shared) if shared else None)
+        if budgets
+        else None,
+        limiter=RateLimiter({"*": limits}, backend=RedisLimiterBackend(shared) if shared else None)
+        if limited
+        else None,
+        breaker=CircuitBreaker(failure_threshold=config.breaker_failures)
+        if config.breaker_failures
+        else None,
+        fallback=fallback,
+        wait=config.limit_wait,
+    )
 
 
 def _check_store_spec(spec: str) -> None:
@@ -507,8 +622,10 @@ class _Proxy:
                 store=_build_store(config.store),
                 ledger=None if config.ledger else False,
                 cache_ttl=config.cache_ttl,
+                controls=_build_controls(config),
             ),
             label_by_credential=True,
+            upstream=config.upstream_url if not config.emulator else _EMULATOR_BASE,
         )
         self.metrics = _Metrics()
         self.emulator: Any = None
@@ -627,6 +744,9 @@ class _Proxy:
                 return Reply(reply.message, (response, content), reply.status, reply.headers)
 
             return self._answer(await self.door.pipeline.aexchange(call, send))
+        except ControlError as exc:
+            self.metrics.outcome("refused")
+            return _refused(exc)
         except httpx.TransportError as exc:
             self.metrics.outcome("error")
             return _unreachable(exc)
@@ -912,6 +1032,28 @@ def _error(status: int, kind: str, message: str) -> Response:
     return _response(status, [("content-type", "application/json")], _encode(body))
 
 
+def _refused(exc: ControlError) -> Response:
+    """A control's refusal as the API's error shape (nothing was sent upstream).
+
+    A rate limit is a 429 and an open circuit a 529, each with ``retry-after``: the SDKs
+    retry them when told. A budget is a 402 ``billing_error``, which no SDK retries.
+    """
+    if isinstance(exc, BudgetExceededError):
+        status, kind, retry = 402, "billing_error", None
+    elif isinstance(exc, RateLimitedError):
+        status, kind, retry = 429, "rate_limit_error", exc.retry_after
+    elif isinstance(exc, CircuitOpenError):
+        status, kind, retry = 529, "overloaded_error", exc.retry_after
+    else:  # ControlStoreError: the shared state is down
+        status, kind, retry = 503, "api_error", None
+    response = _error(status, kind, f"haikucache: {exc}")
+    if retry is not None:
+        response.headers["retry-after"] = str(max(1, math.ceil(retry)))
+    else:
+        response.headers["x-should-retry"] = "false"
+    return response
+
+
 def _unauthorized() -> Response:
     return _error(401, "authentication_error", "haikucache proxy: invalid or missing API key")
 
@@ -1174,6 +1316,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cache-ttl", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--log-level", default=None, choices=_LOG_LEVELS)
+    controls = parser.add_argument_group(
+        "production controls", "budgets, rate limits, circuit breaker, fallback (docs/controls.md)"
+    )
+    controls.add_argument(
+        "--budget-usd", type=float, default=None, metavar="USD", help="hard cap on all spend"
+    )
+    controls.add_argument("--budget-period", default=None, choices=("day", "month", "total"))
+    for name in ("rpm", "itpm", "otpm"):
+        controls.add_argument(f"--{name}", type=int, default=None, metavar="N")
+    controls.add_argument(
+        "--limit-wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long a call may wait for the rate limiter (default 30)",
+    )
+    controls.add_argument(
+        "--breaker-failures",
+        type=int,
+        default=None,
+        metavar="N",
+        help="consecutive failures that open a circuit (default 0: no breaker)",
+    )
+    controls.add_argument(
+        "--fallback", default=None, metavar="MODELS", help="comma-separated fallback models"
+    )
+    controls.add_argument(
+        "--controls-store",
+        default=None,
+        metavar="URL",
+        help="redis:// URL for budgets and limits shared by replicas",
+    )
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
