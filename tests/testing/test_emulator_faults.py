@@ -197,3 +197,14 @@ def test_a_bad_rate_is_refused() -> None:
     for rate in (-0.1, 1.5):
         with pytest.raises(ValueError, match="rate"):
             emu.inject("transient", rate=rate)
+
+
+def test_a_fault_for_one_model_spares_the_others(client: httpx.Client, emu: Emulator) -> None:
+    emu.overload(1.0, model="claude-haiku-4-5")
+    sonnet = {**HELLO, "model": "claude-sonnet-4-5"}
+    dated = {**HELLO, "model": "claude-haiku-4-5-20251001"}
+    assert [client.post("/v1/messages", json=b).status_code for b in (HELLO, dated, sonnet)] == [
+        529,
+        529,
+        200,
+    ]

@@ -230,6 +230,7 @@ class Emulator:
         rate: float = 1.0,
         start: float | None = None,
         until: float | None = None,
+        model: str | None = None,
     ) -> Fault:
         """Make the next matching request(s) fail; see :class:`Fault` for the kinds.
 
@@ -253,6 +254,7 @@ class Emulator:
                 ``times`` counts only the requests that did.
             start: it applies only from this time on (on the emulator's clock).
             until: it applies only before this time (on the emulator's clock).
+            model: it applies only to requests for this model (alias or dated id).
 
         Returns:
             The :class:`Fault`, whose ``hits`` count how often it fired.
@@ -282,6 +284,7 @@ class Emulator:
                 rate=rate,
                 start=start,
                 until=until,
+                model=model,
             )
         )
 
@@ -292,6 +295,7 @@ class Emulator:
         seconds: float | None = None,
         start: float | None = None,
         endpoint: str = "messages",
+        model: str | None = None,
     ) -> Fault:
         """Answer 529 ``overloaded_error`` to a share of requests, for a while or for good.
 
@@ -303,6 +307,7 @@ class Emulator:
             seconds: how long it lasts from ``start``; ``None``: until cleared.
             start: when it begins, on the emulator's clock; default now.
             endpoint: the endpoint name, or ``"*"``.
+            model: only requests for this model (alias or dated id); default every model.
         """
         begin = self.clock.now() if start is None else start
         if seconds is not None and seconds <= 0:
@@ -314,6 +319,7 @@ class Emulator:
             rate=rate,
             start=begin,
             until=None if seconds is None else begin + seconds,
+            model=model,
         )
 
     def set_rate_limits(
@@ -507,8 +513,12 @@ class Emulator:
                 and isinstance(ctx.body, dict)
                 and ctx.body.get("stream") is True
             )
+            model = ctx.body.get("model") if isinstance(ctx.body, dict) else None
             fault, kind, delay = self._faults.take(
-                endpoint, streaming=streaming, now=self.clock.now()
+                endpoint,
+                streaming=streaming,
+                now=self.clock.now(),
+                model=model if isinstance(model, str) else None,
             )
             response = self._fault_response(ctx, fault, kind) if fault is not None else None
             if response is None:

@@ -50,6 +50,7 @@ class Fault:
             generator seeded by the emulator's ``seed``, so a run repeats.
         start: it applies only from this time on (the emulator's clock), if set.
         until: it applies only before this time (the emulator's clock), if set.
+        model: it applies only to requests for this model (alias or dated id), if set.
         hits: how many requests it has been applied to so far.
     """
 
@@ -64,6 +65,7 @@ class Fault:
     rate: float = 1.0
     start: float | None = None
     until: float | None = None
+    model: str | None = None
     hits: int = 0
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
@@ -74,10 +76,17 @@ class Fault:
         """Whether it will still apply to a future request."""
         return self.times is None or self.times > 0
 
-    def matches(self, endpoint: str, *, streaming: bool, now: float | None = None) -> bool:
+    def matches(
+        self, endpoint: str, *, streaming: bool, now: float | None = None, model: str | None = None
+    ) -> bool:
         """Whether it applies to a request for ``endpoint`` (stream faults need a stream)
-        arriving at ``now`` (outside its ``start``/``until`` window it does not)."""
+        arriving at ``now`` (outside its ``start``/``until`` window it does not), asking for
+        ``model`` (a fault for one model skips the others)."""
         if self.endpoint not in ("*", endpoint):
+            return False
+        if self.model is not None and not (
+            model == self.model or (model or "").startswith(self.model + "-")
+        ):
             return False
         if now is not None and (
             (self.start is not None and now < self.start)
@@ -121,7 +130,7 @@ class FaultSet:
             self._faults.clear()
 
     def take(
-        self, endpoint: str, *, streaming: bool, now: float | None = None
+        self, endpoint: str, *, streaming: bool, now: float | None = None, model: str | None = None
     ) -> tuple[Fault | None, str, float]:
         """The fault to apply to this request (if any), its kind, and the latency to add.
 
@@ -134,7 +143,7 @@ class FaultSet:
         delay = 0.0
         chosen: Fault | None = None
         for fault in faults:
-            if not fault.matches(endpoint, streaming=streaming, now=now):
+            if not fault.matches(endpoint, streaming=streaming, now=now, model=model):
                 continue
             if fault.kind != "latency" and chosen is not None:
                 continue
