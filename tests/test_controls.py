@@ -237,3 +237,37 @@ def test_an_open_circuit_goes_straight_to_the_fallback() -> None:
         sent = emu.requests["messages"]
         assert c.messages.create(**ask("Two?")).model.startswith(SONNET)  # circuit open
         assert emu.requests["messages"] == sent + 1  # the primary was not tried
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_batch_jobs_reserve_their_worst_case_at_the_batch_price() -> None:
+    from haikucache import Batcher, MemoryBatchJournal
+
+    emu = Emulator(batch_processing_seconds=0.05)
+    # Room for a few worst cases at half price (1,024 output tokens each: ~$0.0026).
+    budgets = Budgets([Budget(0.012)])
+    with (
+        client(emu, Controls(budgets=budgets)) as c,
+        Batcher(
+            c,
+            journal=MemoryBatchJournal(),
+            max_wait=0.05,
+            poll_interval=0.02,
+            max_poll_interval=0.05,
+        ) as batcher,
+    ):
+        results = batcher.map(
+            [ask(f"Batch question {i}?") for i in range(10)], return_exceptions=True
+        )
+    refused = [r for r in results if isinstance(r, BudgetExceededError)]
+    answered = [r for r in results if not isinstance(r, BaseException)]
+    assert refused and answered and len(refused) + len(answered) == 10
+    assert all(a.haikucache.batch for a in answered)  # type: ignore[union-attr]
+    (status,) = budgets.status()
+    assert status.reserved_usd == 0  # every reservation settled or freed
+    assert status.spent_usd == pytest.approx(sum(a.haikucache.cost_usd for a in answered))  # type: ignore[union-attr]
+    assert status.spent_usd <= 0.012
+    sent = sum(len(r.body["requests"]) for r in emu.log if r.endpoint == "batches.create")
+    assert sent == len(answered)

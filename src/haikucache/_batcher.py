@@ -80,6 +80,7 @@ from ._batch_journal import (
     open_journal,
 )
 from ._batch_progress import BatchProgress
+from ._budget import Budgets, Reservation, worst_case_usd
 from ._catalog import lookup_model
 from ._clock import Clock, SystemClock
 from ._engine import CallOptions, Engine, PreparedCall
@@ -91,6 +92,7 @@ from ._exceptions import (
     BatchItemErroredError,
     BatchItemExpiredError,
     ConfigurationError,
+    ControlError,
     NotFoundError,
     RateLimitError,
     RequestValidationError,
@@ -248,6 +250,7 @@ class _Job:
         "finished",
         "marker_path",
         "prefix",
+        "reservation",
         "resumed",
         "size",
         "waiters",
@@ -270,6 +273,7 @@ class _Job:
         self.dropped = False
         self.delivered = False
         self.delivered_before = False  # a crashed run accounted it (journal mark)
+        self.reservation: Reservation | None = None  # its worst case, in the budgets
         self.finished = False
         self.resumed = False
 
@@ -542,12 +546,14 @@ class Batcher:
             return future
         try:
             self._shape(job)
-        except UsageError as exc:
+            self._reserve(job)
+        except (UsageError, ControlError) as exc:  # nothing is sent, nothing is held
             future.set_exception(exc)
             return future
         with self._cond:
             twin = self._inflight.get(call.key)
             if twin is not None and not twin.finished:  # a twin arrived meanwhile
+                self._unreserve(job)
                 twin.waiters.append(waiter)
                 self._stats["deduplicated"] += 1
                 future.add_done_callback(functools.partial(self._on_done, twin))
@@ -856,10 +862,51 @@ class Batcher:
                 pass
         self._release(job)
 
-    @staticmethod
-    def _release(job: _Job) -> None:
+    # ------------------------------------------------------------------ budgets
+
+    def _reserve(self, job: _Job) -> None:
+        """Reserve the job's worst case at the batch price in the engine's budgets, as the
+        pipeline does for a realtime call: a batch never spends past a hard cap.
+
+        Raises:
+            BudgetExceededError: a hard budget has no room for it (the job is not queued).
+        """
+        budgets = self._budgets()
+        if budgets is None:
+            return
+        # An upper bound of the input: a token is rarely under 3 characters of JSON.
+        worst = worst_case_usd(
+            job.call.model,
+            input_tokens=len(job.body_json) // 3 + 1,
+            max_tokens=int(job.base.get("max_tokens") or 0),
+            cache_write_1h_tokens=len(job.body_json) // 3 + 1 if job.marker_path else 0,
+            batch=True,
+        )
+        job.reservation = budgets.reserve(job.call.namespace, worst)
+
+    def _unreserve(self, job: _Job, cost: float | None = None) -> None:
+        """Settle the job's reservation with what its answer cost, or free it (``None``)."""
+        reservation, job.reservation = job.reservation, None
+        budgets = self._budgets()
+        if reservation is None or budgets is None:
+            return
+        try:
+            if cost is None:
+                budgets.release(reservation)
+            else:
+                budgets.settle(reservation, cost)
+        except Exception:  # the reservation lapses on its own
+            logger.warning("haikucache: settling a batch job's budget failed", exc_info=True)
+
+    def _budgets(self) -> Budgets | None:
+        controls = self.engine.controls
+        return controls.budgets if controls is not None else None
+
+    def _release(self, job: _Job) -> None:
         """A finished job keeps no request or future alive (its futures' callbacks still
-        point at it, and 100,000 finished requests add up)."""
+        point at it, and 100,000 finished requests add up); a reservation it still holds
+        (it failed, or went realtime) is freed."""
+        self._unreserve(job)
         job.waiters = []
         job.base = job.body = {}
         job.call.body = {}
@@ -1426,7 +1473,9 @@ class Batcher:
             )
         ):
             return functools.partial(self._resolve, job, Message(data), batch=True, paid=False)
-        message = self._context.message(self._context.pipeline.deliver(call, data, batch=True))
+        outcome = self._context.pipeline.deliver(call, data, batch=True)
+        self._unreserve(job, outcome.info.cost_usd if outcome.info is not None else None)
+        message = self._context.message(outcome)
         self._mark_delivered(token, job.custom_id)
         return functools.partial(self._resolve, job, message, batch=True)
 
@@ -1458,6 +1507,7 @@ class Batcher:
 
     def _retry(self, job: _Job, why: str) -> None:
         logger.debug("haikucache: job %s goes realtime (%s)", job.custom_id, why)
+        self._unreserve(job)  # the realtime call is budgeted by the pipeline
         if job.marker_path is not None:
             job.base = job.body
         job.batch = None
