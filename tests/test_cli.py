@@ -193,3 +193,40 @@ def test_explain_prints_the_plan_and_rejects_bad_requests(
     path.write_text("{not json")
     assert main(["explain", str(path)]) == 2
     assert main(["explain", str(tmp_path / "missing.json")]) == 2
+
+
+def test_report_budgets_reads_a_serve_configs_shared_budgets(
+    tmp_path: Path, redis_url: str
+) -> None:
+    from haikucache._proxy import ProxyConfig, _build_controls
+
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        f'budget_usd = 1.0\nbudget_period = "total"\ncontrols_store = "{redis_url}"\n'
+        "[keys]\n"
+        '"hc-a" = { upstream_key_env = "X", namespace = "team-a", budget_usd = 0.5, '
+        'budget_period = "total" }\n'
+    )
+    # What a proxy process spends lands in the shared store; the report reads it back.
+    controls = _build_controls(ProxyConfig.load(config, env={}))
+    assert controls is not None and controls.budgets is not None
+    held = controls.budgets.reserve("team-a", 0.1)
+    controls.budgets.settle(controls.budgets.reserve("team-a", 0.3), 0.25)
+    code, out = run(["report", "--budgets", str(config), "--json"])
+    assert code == 0
+    report = json.loads(out)
+    assert report["note"] is None
+    by_name = {b["budget"]: b for b in report["budgets"]}
+    assert by_name["proxy"]["spent_usd"] == pytest.approx(0.25)
+    assert by_name["key:team-a"]["spent_usd"] == pytest.approx(0.25)
+    assert by_name["key:team-a"]["reserved_usd"] == pytest.approx(0.1)
+    controls.budgets.release(held)
+    code, table = run(["report", "--budgets", str(config)])
+    assert code == 0 and "key:team-a" in table and "0.250000" in table
+
+
+def test_report_budgets_says_when_budgets_are_in_process(tmp_path: Path) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text("budget_usd = 5.0\n")
+    code, out = run(["report", "--budgets", str(config)])
+    assert code == 0 and "in-process" in out

@@ -869,6 +869,9 @@ def test_a_virtual_keys_budget_is_its_own_and_refusals_are_402s_before_upstream(
     ok = httpx.post(url, json=ask("Large team"), headers=key_headers("hc-large"))
     assert ok.status_code == 200, ok.text
     assert len(emulator.log) == 1
+    metrics = httpx.get(f"{proxy.base_url}/metrics").text
+    assert 'haikucache_budget_cap_usd{budget="key:small",period=' in metrics
+    assert 'haikucache_proxy_requests_total{outcome="refused"} 2.0' in metrics
 
 
 def test_the_proxy_rate_limit_is_a_429_with_retry_after_and_nothing_sent(

@@ -300,7 +300,54 @@ def _bar(value: float, scale: float, width: int = 40) -> str:
     return "█" * (round(width * value / scale) if scale else 0)
 
 
+def _budget_status(path: str) -> tuple[list[Any], str | None]:
+    """The budgets a ``haikucache serve`` TOML file configures, as they stand in its
+    controls store; and a note when they are not shared (their state is in-process)."""
+    from ._proxy import ProxyConfig, _build_controls
+
+    config = ProxyConfig.load(path, env={})
+    controls = _build_controls(config)
+    budgets = controls.budgets if controls is not None else None
+    if budgets is None:
+        return [], f"{path} configures no budget"
+    note = None
+    if type(budgets.backend).__name__ == "MemoryBudgetBackend":
+        note = (
+            f"{path} keeps budgets in-process (no controls_store or redis:// store): their "
+            "state lives in each proxy process; see its /metrics"
+        )
+    return budgets.status(), note
+
+
 def _cmd_report(args: argparse.Namespace, out: TextIO) -> int:
+    if args.budgets:
+        statuses, note = _budget_status(args.budgets)
+        if args.json:
+            json.dump({"budgets": [s.to_dict() for s in statuses], "note": note}, out, indent=2)
+            print(file=out)
+            return EXIT_OK
+        if statuses:
+            _print_table(
+                out,
+                f"haikucache budgets ({args.budgets})",
+                ["budget", "period", "cap $", "spent $", "in flight $", "left $", "kind"],
+                [
+                    [
+                        s.budget,
+                        s.period_key,
+                        f"{s.cap_usd:.4f}",
+                        f"{s.spent_usd:.6f}",
+                        f"{s.reserved_usd:.6f}",
+                        f"{s.remaining_usd:.6f}",
+                        "hard" if s.hard else "soft",
+                    ]
+                    for s in statuses
+                ],
+                text_columns=2,
+            )
+        if note:
+            print(note, file=out)
+        return EXIT_OK
     ledger = DiskLedger(args.ledger_dir) if args.ledger_dir else DiskLedger()
     buckets = ledger.totals()
     if args.namespace:
@@ -663,6 +710,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true")
     report.add_argument(
         "--ledger-dir", default=None, help=f"default: {default_cache_dir() / 'ledger'}"
+    )
+    report.add_argument(
+        "--budgets",
+        default=None,
+        metavar="TOML",
+        help="instead: the budgets of a `haikucache serve` config, spent and in flight",
     )
 
     batches = sub.add_parser(

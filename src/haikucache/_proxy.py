@@ -586,6 +586,11 @@ class _Metrics:
     def upstream(self, endpoint: str, started: float) -> None:
         self._latency[endpoint].observe(time.perf_counter() - started)
 
+    def watch_budgets(self, budgets: Budgets) -> None:
+        """Expose ``budgets``' cap, spend and in-flight reservations, read at each scrape."""
+        self._budgets = _BudgetCollector(self._prometheus, budgets)
+        self.registry.register(self._budgets)
+
     def exposition(self) -> tuple[bytes, str]:
         prometheus = self._prometheus
         registry = self.registry
@@ -594,7 +599,40 @@ class _Metrics:
             _require("prometheus_client.multiprocess", "prometheus-client").MultiProcessCollector(
                 registry
             )
+            if getattr(self, "_budgets", None) is not None:
+                registry.register(self._budgets)
         return prometheus.generate_latest(registry), prometheus.CONTENT_TYPE_LATEST
+
+
+class _BudgetCollector:
+    """Budgets as Prometheus gauges, read from their backend (Redis: shared) at scrape time."""
+
+    def __init__(self, prometheus: Any, budgets: Budgets) -> None:
+        self._family = _require("prometheus_client.core", "prometheus-client").GaugeMetricFamily
+        self._budgets = budgets
+
+    def collect(self) -> Any:
+        labels = ["budget", "period"]
+        cap = self._family("haikucache_budget_cap_usd", "A budget's cap", labels=labels)
+        spent = self._family(
+            "haikucache_budget_spent_usd", "Dollars spent in the budget's period", labels=labels
+        )
+        reserved = self._family(
+            "haikucache_budget_reserved_usd",
+            "Worst-case dollars of calls in flight",
+            labels=labels,
+        )
+        try:
+            statuses = self._budgets.status()
+        except Exception:  # a scrape never fails because the shared store is down
+            logger.warning("haikucache proxy: could not read the budgets", exc_info=True)
+            statuses = []
+        for status in statuses:
+            values = [status.budget, status.period_key]
+            cap.add_metric(values, status.cap_usd)
+            spent.add_metric(values, status.spent_usd)
+            reserved.add_metric(values, status.reserved_usd)
+        return [cap, spent, reserved]
 
 
 # --------------------------------------------------------------------------- the door
@@ -629,6 +667,9 @@ class _Proxy:
             upstream=config.upstream_url if not config.emulator else _EMULATOR_BASE,
         )
         self.metrics = _Metrics()
+        controls = self.door.engine.controls
+        if controls is not None and controls.budgets is not None:
+            self.metrics.watch_budgets(controls.budgets)
         self.emulator: Any = None
         self._keys = {key: (vk, _upstream_secret(vk)) for key, vk in config.keys.items()}
         self._upstream: _Upstream | _AiohttpUpstream | None = None
