@@ -271,3 +271,51 @@ def test_batch_jobs_reserve_their_worst_case_at_the_batch_price() -> None:
     assert status.spent_usd <= 0.012
     sent = sum(len(r.body["requests"]) for r in emu.log if r.endpoint == "batches.create")
     assert sent == len(answered)
+
+
+# --------------------------------------------------------------------------- other doors
+
+
+@pytest.mark.parametrize("hook", ["middleware", "transport"])
+def test_the_sdk_door_refuses_over_budget_before_sending(hook: str) -> None:
+    import anthropic
+
+    import haikucache.anthropic as hca
+
+    emu = Emulator()
+    raw = anthropic.Anthropic(
+        api_key="sk-test",
+        base_url=BASE_URL,
+        http_client=anthropic.DefaultHttpxClient(transport=emu.httpx2_transport()),
+        max_retries=2,
+    )
+    engine = Engine(ledger=MemoryLedger(), controls=Controls(budgets=Budgets([Budget(0.0)])))
+    sdk = hca.wrap(raw, engine=engine, hook=hook)  # type: ignore[arg-type]
+    expected: type[BaseException] = (
+        BudgetExceededError if hook == "middleware" else anthropic.APIStatusError
+    )
+    with pytest.raises(expected) as refused:
+        sdk.messages.create(**ask("Over budget?"))
+    if hook == "transport":  # the SDK's own error for a 402, not retried
+        assert refused.value.status_code == 402  # type: ignore[attr-defined]
+        assert "budget" in str(refused.value)
+    assert emu.requests["messages"] == 0
+    sdk.close()
+
+
+def test_langchain_raises_the_refusal_itself() -> None:
+    from langchain_anthropic import ChatAnthropic
+
+    from langchain_haikucache import wrap
+
+    emu = Emulator()
+    model = wrap(
+        ChatAnthropic(model=HAIKU, api_key="sk-test", base_url=BASE_URL, max_tokens=256),
+        engine=Engine(ledger=MemoryLedger(), controls=Controls(budgets=Budgets([Budget(0.0)]))),
+        upstream_transport=emu.httpx2_transport(),
+    )
+    with pytest.raises(BudgetExceededError):
+        model.invoke("Over budget?")
+    with pytest.raises(BudgetExceededError):
+        list(model.stream("Over budget, streamed?"))
+    assert emu.requests["messages"] == 0

@@ -34,7 +34,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import socket
 import sys
@@ -53,12 +52,9 @@ from ._budget import Budget, Budgets, RedisBudgetBackend
 from ._controls import Controls
 from ._engine import DEFAULT_STORE, CallInfo, Engine
 from ._exceptions import (
-    BudgetExceededError,
-    CircuitOpenError,
     ConfigurationError,
     ControlError,
     MissingDependencyError,
-    RateLimitedError,
     UsageError,
 )
 from ._limits import RateLimiter, RateLimits, RedisLimiterBackend
@@ -69,6 +65,7 @@ from ._sdk_door import (
     _streaming_headers,
     error_reply,
     info_headers,
+    refusal,
     refused,
 )
 from ._store import AsyncResponseStore, DiskStore, MemoryStore, RedisStore, ResponseStore
@@ -1177,25 +1174,9 @@ def _error(status: int, kind: str, message: str) -> Response:
 
 
 def _refused(exc: ControlError) -> Response:
-    """A control's refusal as the API's error shape (nothing was sent upstream).
-
-    A rate limit is a 429 and an open circuit a 529, each with ``retry-after``: the SDKs
-    retry them when told. A budget is a 402 ``billing_error``, which no SDK retries.
-    """
-    if isinstance(exc, BudgetExceededError):
-        status, kind, retry = 402, "billing_error", None
-    elif isinstance(exc, RateLimitedError):
-        status, kind, retry = 429, "rate_limit_error", exc.retry_after
-    elif isinstance(exc, CircuitOpenError):
-        status, kind, retry = 529, "overloaded_error", exc.retry_after
-    else:  # ControlStoreError: the shared state is down
-        status, kind, retry = 503, "api_error", None
-    response = _error(status, kind, f"haikucache: {exc}")
-    if retry is not None:
-        response.headers["retry-after"] = str(max(1, math.ceil(retry)))
-    else:
-        response.headers["x-should-retry"] = "false"
-    return response
+    """A control's refusal in the API's error shape (nothing was sent upstream)."""
+    status, body, headers = refusal(exc)
+    return _response(status, list(headers.items()), _encode(body))
 
 
 def _unauthorized() -> Response:

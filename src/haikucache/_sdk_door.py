@@ -28,7 +28,13 @@ from types import ModuleType
 from typing import Any
 
 from ._engine import CallInfo, CallOptions, Engine, PreparedCall, namespace_for
-from ._exceptions import ConfigurationError
+from ._exceptions import (
+    BudgetExceededError,
+    CircuitOpenError,
+    ConfigurationError,
+    ControlError,
+    RateLimitedError,
+)
 from ._pipeline import Outcome, Pipeline, Reply, StreamTap
 from ._replay import message_to_sse
 from ._upstream import DEFAULT_API_VERSION, betas_from_headers
@@ -52,6 +58,7 @@ __all__ = [
     "option_headers",
     "options_from_headers",
     "passthrough_headers",
+    "refusal",
     "refused",
     "tee_async",
     "tee_sync",
@@ -529,6 +536,30 @@ def _streaming_headers(call: PreparedCall) -> dict[str, str]:
         NAMESPACE_OUT_HEADER: call.namespace,
         MODEL_HEADER: call.model,
     }
+
+
+def refusal(exc: ControlError, *, retry: bool = True) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """A control's refusal as the API would say it: status, error body, headers.
+
+    A budget is a 402 ``billing_error``; a rate limit a 429 ``rate_limit_error`` and an open
+    circuit a 529 ``overloaded_error``, both with ``retry-after`` (the SDKs wait and retry
+    them, unless ``retry`` is off: ``x-should-retry: false``); a failed shared store a 503.
+    """
+    if isinstance(exc, BudgetExceededError):
+        status, kind, after = 402, "billing_error", None
+    elif isinstance(exc, RateLimitedError):
+        status, kind, after = 429, "rate_limit_error", exc.retry_after
+    elif isinstance(exc, CircuitOpenError):
+        status, kind, after = 529, "overloaded_error", exc.retry_after
+    else:  # ControlStoreError: the shared state is down
+        status, kind, after = 503, "api_error", None
+    headers = {"content-type": "application/json", CACHE_HEADER: "refused"}
+    if after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(after)))
+    if after is None or not retry:
+        headers["x-should-retry"] = "false"
+    body = {"type": "error", "error": {"type": kind, "message": f"haikucache: {exc}"}}
+    return status, body, headers
 
 
 def error_reply(raw: Any, response: Any) -> Reply[Any]:

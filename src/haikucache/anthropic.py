@@ -37,6 +37,7 @@ from typing import Any, Literal, TypeVar
 from ._engine import DEFAULT_STORE, CallInfo, Engine, PreparedCall
 from ._exceptions import (
     ConfigurationError,
+    ControlError,
     MissingDependencyError,
     RequestValidationError,
     UsageError,
@@ -61,6 +62,7 @@ from ._sdk_door import (
     lookup_info,
     option_headers,
     passthrough_headers,
+    refusal,
     refused,
     tee_async,
     tee_sync,
@@ -347,6 +349,12 @@ def _transport_classes(lib: ModuleType) -> tuple[type, type]:
         except UsageError as exc:
             raise SDKRequestValidationError(exc, request) from exc
 
+    def refuse(request: Any, exc: ControlError) -> Any:
+        """A control's refusal as an API error response: the SDK raises its own error for
+        it, and does not retry it (the limiter already waited; the budget is spent)."""
+        status, body, headers = refusal(exc, retry=False)
+        return lib.Response(status, headers=headers, json=body, request=request)
+
     def upstream_request(request: Any, body: dict[str, Any]) -> Any:
         """The request as it goes upstream: the planned body, no ``haikucache-*`` header."""
         upstream_headers = [
@@ -399,6 +407,12 @@ def _transport_classes(lib: ModuleType) -> tuple[type, type]:
                 return self.inner.handle_request(request)
             request.read()
             call = begin(self.door, request)
+            try:
+                return self._exchange(request, call)
+            except ControlError as exc:  # refused before sending: the SDK raises its error
+                return refuse(request, exc)
+
+        def _exchange(self, request: Any, call: PreparedCall) -> Any:
             pipeline = self.door.pipeline
             if call.stream:
                 opened = pipeline.open_stream(call)
@@ -434,6 +448,12 @@ def _transport_classes(lib: ModuleType) -> tuple[type, type]:
                 return await self.inner.handle_async_request(request)
             await request.aread()
             call = begin(self.door, request)
+            try:
+                return await self._aexchange(request, call)
+            except ControlError as exc:
+                return refuse(request, exc)
+
+        async def _aexchange(self, request: Any, call: PreparedCall) -> Any:
             pipeline = self.door.pipeline
             if call.stream:
                 opened = await pipeline.aopen_stream(call)

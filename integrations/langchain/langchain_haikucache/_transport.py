@@ -38,15 +38,17 @@ from typing import Any
 from haikucache import (
     CallInfo,
     CallOptions,
+    ControlError,
     Engine,
     Outcome,
     Pipeline,
+    PreparedCall,
     Reply,
     RequestValidationError,
     StreamTap,
 )
 from haikucache._replay import message_to_sse
-from haikucache._sdk_door import credential_in, error_reply, refused
+from haikucache._sdk_door import credential_in, error_reply, refusal, refused
 
 __all__ = ["CallSlot", "current_slot", "transport_classes", "use_slot"]
 
@@ -149,6 +151,16 @@ class _Door:
                 content=_dumps(body).encode(),
                 request=request,
             )
+
+    def refuse(self, request: Any, slot: CallSlot | None, exc: ControlError) -> Any:
+        """A control refused the call before it was sent: an API error response the SDK
+        does not retry, and the model raises ``exc`` itself (kept in the slot)."""
+        if slot is not None:
+            slot.error = exc
+        status, body, headers = refusal(exc, retry=False)
+        return self.mod.Response(
+            status, headers=headers, content=_dumps(body).encode(), request=request
+        )
 
     def local_response(self, request: Any, outcome: Outcome[Any], slot: CallSlot | None) -> Any:
         """An answer served without the API (a hit, or a concurrent twin's answer)."""
@@ -286,6 +298,14 @@ def transport_classes(mod: ModuleType) -> tuple[type[Any], type[Any]]:
             if isinstance(prepared, mod.Response):
                 return prepared
             call, params = prepared
+            try:
+                return self._exchange(request, slot, call, params)
+            except ControlError as exc:  # refused before sending: see _Door.refuse
+                return self.door.refuse(request, slot, exc)
+
+        def _exchange(
+            self, request: Any, slot: CallSlot | None, call: PreparedCall, params: dict[str, Any]
+        ) -> Any:
             pipeline = self.door.pipeline
             looked_up = slot is not None and slot.looked_up == call.key
             if call.stream:
@@ -341,6 +361,14 @@ def transport_classes(mod: ModuleType) -> tuple[type[Any], type[Any]]:
             if isinstance(prepared, mod.Response):
                 return prepared
             call, params = prepared
+            try:
+                return await self._aexchange(request, slot, call, params)
+            except ControlError as exc:
+                return self.door.refuse(request, slot, exc)
+
+        async def _aexchange(
+            self, request: Any, slot: CallSlot | None, call: PreparedCall, params: dict[str, Any]
+        ) -> Any:
             pipeline = self.door.pipeline
             looked_up = slot is not None and slot.looked_up == call.key
             if call.stream:
