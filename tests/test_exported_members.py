@@ -66,6 +66,7 @@ def test_pinned_top_level_names() -> None:
         "BudgetExceededError",
         "RateLimitedError",
         "CircuitOpenError",
+        "Telemetry",
         "HaikuJudge",
         "Verifier",
         "ErrorBound",
@@ -80,7 +81,7 @@ def test_import_haikucache_pulls_in_no_optional_framework() -> None:
     # (rich is not checked: httpx itself imports it for its CLI when it is installed.)
     code = (
         "import sys, haikucache, haikucache.testing;"
-        "heavy = [m for m in ('numpy', 'langchain_core', 'llama_index', 'anthropic', 'httpx2', 'redis')"
+        "heavy = [m for m in ('numpy', 'langchain_core', 'llama_index', 'anthropic', 'httpx2', 'redis', 'opentelemetry')"
         " if m in sys.modules]; print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -113,6 +113,7 @@ from ._store import (
     ResponseStore,
     StoreStats,
 )
+from ._telemetry import Telemetry
 from ._types import Message
 from ._verify import HaikuJudge, LexicalVerifier, Verifier
 from ._version import __version__
@@ -228,6 +229,7 @@ __all__ = [
     "StreamTap",
     "SyncPage",
     "SystemClock",
+    "Telemetry",
     "TokenCounts",
     "UnprocessableEntityError",
     "UpstreamError",

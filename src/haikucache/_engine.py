@@ -42,6 +42,7 @@ from ._store import (
     ResponseStore,
     is_storable,
 )
+from ._telemetry import Telemetry
 from ._wire import API_VERSIONS, validate_request
 
 __all__ = ["CallInfo", "CallOptions", "Engine", "PreparedCall", "default_ledger", "namespace_for"]
@@ -269,6 +270,8 @@ class Engine:
         controls: production controls every call that goes upstream passes through
             (budgets, rate limits, circuit breaker, fallback models): a
             :class:`~haikucache.Controls`. Off by default.
+        telemetry: OpenTelemetry spans and metrics for every call (the GenAI semantic
+            conventions): a :class:`~haikucache.Telemetry`. Off by default.
     """
 
     def __init__(
@@ -284,10 +287,14 @@ class Engine:
         semantic: SemanticConfig | None = None,
         share_across_credentials: bool = False,
         controls: Controls | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if controls is not None and not isinstance(controls, Controls):
             raise ConfigurationError(f"controls must be a haikucache.Controls, got {controls!r}")
         self.controls = controls
+        if telemetry is not None and not isinstance(telemetry, Telemetry):
+            raise ConfigurationError(f"telemetry must be a haikucache.Telemetry, got {telemetry!r}")
+        self.telemetry = telemetry
         if not isinstance(namespace, str) or not namespace:
             raise ConfigurationError("namespace must be a non-empty string")
         self.namespace = namespace

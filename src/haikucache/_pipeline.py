@@ -12,6 +12,10 @@
                             8 store   complete answers only; a store failure is a logged miss
          ◀── Outcome      the message (a dict), its CallInfo, and where it came from
 
+With ``Engine(telemetry=...)`` each call is also one OpenTelemetry span around all of this
+(see :mod:`haikucache._telemetry`): ``exchange`` from start to outcome, a live stream until
+its tap accounts the answer or fails, a batch answer when it is delivered.
+
 A door (the client, the SDK middleware and transport, the LangChain transport, the LlamaIndex
 LLM and the decorator through the client, the batcher, the proxy) translates its caller's
 shapes into a Messages request, :class:`~haikucache.CallOptions`, the credential that reaches
@@ -32,6 +36,7 @@ The sync and async twins differ only where I/O happens.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
@@ -42,6 +47,7 @@ from ._exceptions import CacheStoreError, CircuitOpenError, UsageError
 from ._singleflight import AsyncLockStore, AsyncSingleFlight, LockStore, SingleFlight
 from ._sse import MessageAccumulator, SSEDecoder
 from ._store import AsyncResponseStore, CacheEntry
+from ._telemetry import CallSpan
 from ._wire import API_VERSIONS
 
 __all__ = ["FLIGHT_LEASE", "FLIGHT_WAIT", "Outcome", "Pipeline", "Reply", "StreamTap"]
@@ -143,6 +149,7 @@ class StreamTap:
         self._stored = False
         self.message: dict[str, Any] | None = None
         self.info: CallInfo | None = None
+        self._span: CallSpan | None = None  # telemetry: ends with the answer or the failure
 
     @property
     def done(self) -> bool:
@@ -166,6 +173,8 @@ class StreamTap:
             self.message = self._accumulator.message()
             self.info = self._pipeline._account(self.call, self.message)
             self._settle_controls()
+            if self._span is not None:
+                self._span.answered(self.message, self.info)
             return self.info
         except Exception:  # accounting must never break the caller's stream
             self._failed = True
@@ -204,6 +213,8 @@ class StreamTap:
         controls = self._pipeline._controls()
         if ticket is not None and controls is not None:
             controls.failed(ticket, status=status, headers=headers)
+        if self._span is not None:
+            self._span.failed(status)
 
     def _fail(self, data: Mapping[str, Any]) -> None:
         error = data.get("error")
@@ -302,11 +313,34 @@ class Pipeline:
     # -- 3 lookup -------------------------------------------------------------------------
 
     def lookup(self, call: PreparedCall) -> Outcome[Any] | None:
-        """A stored answer served as a hit, or ``None`` (a store failure is a miss)."""
-        return self._served(call, self.engine.lookup(call))
+        """A stored answer served as a hit, or ``None`` (a store failure is a miss).
+
+        For a door that serves hits itself (the batcher); a hit is recorded by telemetry.
+        """
+        telemetry = self.engine.telemetry
+        if telemetry is None:
+            return self._lookup(call)
+        started = time.time_ns()
+        hit = self._lookup(call)
+        if hit is not None:
+            telemetry.record(hit, started_ns=started)
+        return hit
 
     async def alookup(self, call: PreparedCall) -> Outcome[Any] | None:
         """The async twin of :meth:`lookup`."""
+        telemetry = self.engine.telemetry
+        if telemetry is None:
+            return await self._alookup(call)
+        started = time.time_ns()
+        hit = await self._alookup(call)
+        if hit is not None:
+            telemetry.record(hit, started_ns=started)
+        return hit
+
+    def _lookup(self, call: PreparedCall) -> Outcome[Any] | None:
+        return self._served(call, self.engine.lookup(call))
+
+    async def _alookup(self, call: PreparedCall) -> Outcome[Any] | None:
         return self._served(call, await self.engine.alookup(call))
 
     def _served(self, call: PreparedCall, entry: CacheEntry | None) -> Outcome[Any] | None:
@@ -331,10 +365,21 @@ class Pipeline:
                 :class:`Reply` (it may raise the door's own errors; they propagate).
             looked_up: the door already looked this call up and missed.
         """
+        telemetry = self.engine.telemetry
+        if telemetry is None:
+            return self._exchange(call, send, looked_up)
+        with telemetry.start(call) as span:
+            outcome = self._exchange(call, span.watch(send), looked_up)
+            span.finish(outcome)
+        return outcome
+
+    def _exchange(
+        self, call: PreparedCall, send: Callable[[dict[str, Any]], Reply[R]], looked_up: bool
+    ) -> Outcome[R]:
         if call.stream:
             raise UsageError("a streamed call goes through open_stream(), not exchange()")
         if not looked_up:
-            hit = self.lookup(call)
+            hit = self._lookup(call)
             if hit is not None:
                 return hit
 
@@ -359,10 +404,24 @@ class Pipeline:
         looked_up: bool = False,
     ) -> Outcome[R]:
         """The async twin of :meth:`exchange`."""
+        telemetry = self.engine.telemetry
+        if telemetry is None:
+            return await self._aexchange(call, send, looked_up)
+        with telemetry.start(call) as span:
+            outcome = await self._aexchange(call, span.awatch(send), looked_up)
+            span.finish(outcome)
+        return outcome
+
+    async def _aexchange(
+        self,
+        call: PreparedCall,
+        send: Callable[[dict[str, Any]], Awaitable[Reply[R]]],
+        looked_up: bool,
+    ) -> Outcome[R]:
         if call.stream:
             raise UsageError("a streamed call goes through aopen_stream(), not aexchange()")
         if not looked_up:
-            hit = await self.alookup(call)
+            hit = await self._alookup(call)
             if hit is not None:
                 return hit
 
@@ -389,8 +448,20 @@ class Pipeline:
         On a miss the call is planned: the door sends ``tap.call.body`` and feeds the tap.
         Streams are not coalesced: each caller reads its own live stream.
         """
+        telemetry = self.engine.telemetry
+        if telemetry is None:
+            return self._open_stream(call, looked_up)
+        with telemetry.start(call) as span:
+            opened = self._open_stream(call, looked_up)
+            if isinstance(opened, StreamTap):
+                opened._span = span.keep(opened)
+            else:
+                span.finish(opened)
+        return opened
+
+    def _open_stream(self, call: PreparedCall, looked_up: bool) -> Outcome[Any] | StreamTap:
         if not looked_up:
-            hit = self.lookup(call)
+            hit = self._lookup(call)
             if hit is not None:
                 return hit
         self.engine.plan(call)
@@ -404,8 +475,20 @@ class Pipeline:
         self, call: PreparedCall, *, looked_up: bool = False
     ) -> Outcome[Any] | StreamTap:
         """The async twin of :meth:`open_stream`."""
+        telemetry = self.engine.telemetry
+        if telemetry is None:
+            return await self._aopen_stream(call, looked_up)
+        with telemetry.start(call) as span:
+            opened = await self._aopen_stream(call, looked_up)
+            if isinstance(opened, StreamTap):
+                opened._span = span.keep(opened)
+            else:
+                span.finish(opened)
+        return opened
+
+    async def _aopen_stream(self, call: PreparedCall, looked_up: bool) -> Outcome[Any] | StreamTap:
         if not looked_up:
-            hit = await self.alookup(call)
+            hit = await self._alookup(call)
             if hit is not None:
                 return hit
         self.engine.plan(call)
@@ -423,7 +506,10 @@ class Pipeline:
         """Account and store an answer that reached this process some other way (a batch)."""
         info = self._account(call, message, batch=batch)
         self._store(call, message, info)
-        return Outcome(call, "miss", message, info)
+        outcome: Outcome[Any] = Outcome(call, "miss", message, info)
+        if self.engine.telemetry is not None:
+            self.engine.telemetry.record(outcome)
+        return outcome
 
     async def adeliver(
         self, call: PreparedCall, message: dict[str, Any], *, batch: bool = False
@@ -431,12 +517,18 @@ class Pipeline:
         """The async twin of :meth:`deliver`."""
         info = self._account(call, message, batch=batch)
         await self._astore(call, message, info)
-        return Outcome(call, "miss", message, info)
+        outcome: Outcome[Any] = Outcome(call, "miss", message, info)
+        if self.engine.telemetry is not None:
+            self.engine.telemetry.record(outcome)
+        return outcome
 
     def share(self, call: PreparedCall, leader: Outcome[Any]) -> Outcome[Any] | None:
         """The answer a twin fetched, served to ``call`` as a hit for $0 (``None``: nothing
         to share, e.g. the twin got an error)."""
-        return self._shared(call, leader)
+        shared = self._shared(call, leader)
+        if shared is not None and self.engine.telemetry is not None:
+            self.engine.telemetry.record(shared)
+        return shared
 
     # -- the stages' plumbing -------------------------------------------------------------
 
