@@ -319,3 +319,20 @@ def test_langchain_raises_the_refusal_itself() -> None:
     with pytest.raises(BudgetExceededError):
         list(model.stream("Over budget, streamed?"))
     assert emu.requests["messages"] == 0
+
+
+@pytest.mark.parametrize("fault", ["overloaded", "stream_error"])
+def test_a_stream_that_fails_frees_its_reservation_and_counts_for_the_breaker(fault: str) -> None:
+    emu = Emulator()
+    emu.inject(fault, times=1)
+    budgets = Budgets([Budget(1.0)])
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=60)
+    with client(emu, Controls(budgets=budgets, breaker=breaker)) as c:
+        with pytest.raises(Exception) as failed:
+            with c.messages.stream(**ask("Stream, then break?")) as stream:
+                stream.get_final_message()
+        assert not isinstance(failed.value, CircuitOpenError)
+        (status,) = budgets.status()
+        assert status.reserved_usd == 0 and status.spent_usd == 0
+        with pytest.raises(CircuitOpenError):  # the failure opened the circuit
+            c.messages.create(**ask("Next?"))

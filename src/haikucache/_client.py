@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ._controls import error_headers, error_status
 from ._engine import CallOptions, Engine, PreparedCall
 from ._exceptions import (
     APIConnectionError,
@@ -314,6 +315,12 @@ class _StreamState:
                 self.final.haikucache = self._tap.info if self._tap is not None else None
         return StreamEvent(data)
 
+    def failed(self, exc: BaseException) -> None:
+        """The live answer broke off: nothing is stored, and the controls and telemetry
+        learn how (an error event's status, or none)."""
+        if self._tap is not None and not self._tap.done:
+            self._tap.fail(error_status(exc), error_headers(exc))
+
     def store(self) -> None:
         """The store stage of a completed live answer (once)."""
         if self._tap is not None:
@@ -386,15 +393,18 @@ class MessageStream:
 
     def __next__(self) -> StreamEvent:
         while True:
-            data = next(self._events, None)
             try:
+                data = next(self._events, None)
                 if data is None:
                     self._state.on_end()
                     raise StopIteration
                 event = self._state.on_event(data)
                 if self._state.final is not None:
                     self._state.store()
-            except BaseException:  # a malformed stream, or accounting failed: let go of it
+            except StopIteration:
+                raise
+            except BaseException as exc:  # an error event, a broken or malformed stream
+                self._state.failed(exc)
                 self._events.close()
                 raise
             if event is not None:
@@ -466,15 +476,18 @@ class AsyncMessageStream:
 
     async def __anext__(self) -> StreamEvent:
         while True:
-            data = await anext(self._events, None)
             try:
+                data = await anext(self._events, None)
                 if data is None:
                     self._state.on_end()
                     raise StopAsyncIteration
                 event = self._state.on_event(data)
                 if self._state.final is not None:
                     await self._state.astore()
-            except BaseException:
+            except StopAsyncIteration:
+                raise
+            except BaseException as exc:
+                self._state.failed(exc)
                 await self._events.aclose()
                 raise
             if event is not None:
@@ -1036,14 +1049,18 @@ class Messages:
             opened = pipeline.open_stream(call)
             if isinstance(opened, Outcome):
                 return _replay(opened, MessageStream)
-            events = self._upstream.stream_sse(
-                "POST",
-                "/v1/messages",
-                json=call.body,
-                params=extra_query,
-                headers=extra_headers,
-                timeout=timeout,
-            )
+            try:
+                events = self._upstream.stream_sse(
+                    "POST",
+                    "/v1/messages",
+                    json=call.body,
+                    params=extra_query,
+                    headers=extra_headers,
+                    timeout=timeout,
+                )
+            except Exception as exc:  # an error status, or the upstream unreachable
+                opened.fail(error_status(exc), error_headers(exc))
+                raise
             return MessageStream(events, _StreamState(events.headers, opened))
 
         def send(body: dict[str, Any]) -> Reply[httpx.Headers]:
@@ -1401,14 +1418,18 @@ class AsyncMessages:
             opened = await pipeline.aopen_stream(call)
             if isinstance(opened, Outcome):
                 return _replay(opened, AsyncMessageStream)
-            events = await self._upstream.stream_sse(
-                "POST",
-                "/v1/messages",
-                json=call.body,
-                params=extra_query,
-                headers=extra_headers,
-                timeout=timeout,
-            )
+            try:
+                events = await self._upstream.stream_sse(
+                    "POST",
+                    "/v1/messages",
+                    json=call.body,
+                    params=extra_query,
+                    headers=extra_headers,
+                    timeout=timeout,
+                )
+            except Exception as exc:
+                opened.fail(error_status(exc), error_headers(exc))
+                raise
             return AsyncMessageStream(events, _StreamState(events.headers, opened))
 
         async def send(body: dict[str, Any]) -> Reply[httpx.Headers]:

@@ -261,8 +261,14 @@ def error_status(exc: BaseException) -> int | None:
 
 
 def error_headers(exc: BaseException) -> Mapping[str, str] | None:
-    headers = getattr(getattr(exc, "response", None), "headers", None)
-    return headers if isinstance(headers, Mapping) or hasattr(headers, "get") else None
+    """The response headers an upstream error carries (haikucache's, the SDK's, httpx's)."""
+    for headers in (
+        getattr(exc, "headers", None),
+        getattr(getattr(exc, "response", None), "headers", None),
+    ):
+        if isinstance(headers, Mapping) or callable(getattr(headers, "get", None)):
+            return headers  # type: ignore[no-any-return]
+    return None
 
 
 def _upstream_failure(status: int | None, exc: BaseException | None) -> bool:
