@@ -69,6 +69,7 @@ from ._sdk_door import (
     refused,
 )
 from ._store import AsyncResponseStore, DiskStore, MemoryStore, RedisStore, ResponseStore
+from ._telemetry import Telemetry
 from ._upstream import DEFAULT_CONNECTION_LIMITS, DEFAULT_TIMEOUT, resolve_base_url
 
 if TYPE_CHECKING:
@@ -211,6 +212,9 @@ class ProxyConfig:
             (comma-separated).
         controls_store: a ``redis://`` URL where budgets and rate limits live, shared by
             every replica (default: the ``store``'s Redis when it is one, else in-process).
+        telemetry: record every call as OpenTelemetry spans and metrics (GenAI semantic
+            conventions) through the global tracer and meter providers (``haikucache[otel]``;
+            configure exporters as usual, e.g. with ``opentelemetry-instrument``).
     """
 
     host: str = "127.0.0.1"
@@ -236,6 +240,7 @@ class ProxyConfig:
     breaker_failures: int = 0
     fallback: str = ""
     controls_store: str | None = None
+    telemetry: bool = False
 
     def __post_init__(self) -> None:
         # Virtual keys may be given as the TOML table's plain dicts.
@@ -356,6 +361,7 @@ _SETTINGS: dict[str, type] = {
     "breaker_failures": int,
     "fallback": str,
     "controls_store": str,
+    "telemetry": bool,
 }
 _KEY_FIELDS = ("upstream_key_env", "namespace", "budget_usd", "budget_period")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -659,6 +665,7 @@ class _Proxy:
                 ledger=None if config.ledger else False,
                 cache_ttl=config.cache_ttl,
                 controls=_build_controls(config),
+                telemetry=Telemetry() if config.telemetry else None,
             ),
             label_by_credential=True,
             upstream=config.upstream_url if not config.emulator else _EMULATOR_BASE,
@@ -1466,6 +1473,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     controls.add_argument(
         "--fallback", default=None, metavar="MODELS", help="comma-separated fallback models"
+    )
+    parser.add_argument(
+        "--telemetry",
+        action="store_true",
+        default=None,
+        help="OpenTelemetry spans and metrics for every call (haikucache[otel])",
     )
     controls.add_argument(
         "--controls-store",
