@@ -336,3 +336,28 @@ def test_a_stream_that_fails_frees_its_reservation_and_counts_for_the_breaker(fa
         assert status.reserved_usd == 0 and status.spent_usd == 0
         with pytest.raises(CircuitOpenError):  # the failure opened the circuit
             c.messages.create(**ask("Next?"))
+
+
+def test_the_batch_endpoints_have_their_own_rpm_and_queue() -> None:
+    from haikucache import ManualClock
+    from haikucache._limits import BatchLimits
+
+    clock = ManualClock()
+    emu = Emulator(clock=clock, batch_processing_seconds=10)
+    limiter = RateLimiter(batch=BatchLimits(rpm=3, queue=5), clock=clock)
+    with client(emu, Controls(limiter=limiter, wait=0)) as c:
+        batches = c.messages.batches
+        jobs = [{"custom_id": f"j{i}", "params": ask(f"Q{i}?")} for i in range(4)]
+        first = batches.create(requests=jobs)
+        with pytest.raises(RateLimitedError) as full:  # 4 + 4 > a queue of 5
+            batches.create(requests=jobs)
+        assert full.value.limit == "batch_queue"
+        assert emu.batch_count == 1
+        clock.advance(60)  # the batch ends; a minute of batch RPM refills
+        assert batches.retrieve(first.id).processing_status == "ended"  # frees its places
+        batches.create(requests=jobs)  # fits again
+        batches.list()
+        with pytest.raises(RateLimitedError) as busy:  # a 4th batch call within the minute
+            batches.retrieve(first.id)
+        assert busy.value.limit == "batch_requests"
+    assert emu.batch_count == 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar, overload
@@ -742,11 +743,59 @@ class AsyncBatchResults:
 # --------------------------------------------------------------------------- resources (sync)
 
 
+class _BatchGate:
+    """The rate limiter's Message Batches limits (one RPM over every batch endpoint, and the
+    queue of requests in unfinished batches), at the door every batch call goes through.
+
+    A batch's queue places are taken when it is created and given back the first time it is
+    seen ended (by ``retrieve`` or ``cancel``, as the batcher polls).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._queued: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _limiter(self) -> tuple[Any, float | None]:
+        controls = self._engine.controls
+        if controls is None or controls.limiter is None:
+            return None, None
+        return controls.limiter, controls.wait
+
+    def admit(self, requests: int = 0) -> None:
+        limiter, wait = self._limiter()
+        if limiter is not None:
+            limiter.acquire_batch(requests=requests, deadline=wait)
+
+    async def aadmit(self, requests: int = 0) -> None:
+        limiter, wait = self._limiter()
+        if limiter is not None:
+            await limiter.aacquire_batch(requests=requests, deadline=wait)
+
+    def unqueue(self, requests: int) -> None:
+        limiter, _ = self._limiter()
+        if limiter is not None:
+            limiter.release_batch_queue(requests)
+
+    def created(self, batch: MessageBatch, requests: int) -> None:
+        if self._limiter()[0] is not None and batch.id:
+            with self._lock:
+                self._queued[batch.id] = requests
+
+    def seen(self, batch: MessageBatch) -> MessageBatch:
+        if batch.processing_status == "ended":
+            with self._lock:
+                requests = self._queued.pop(batch.id, 0)
+            self.unqueue(requests)
+        return batch
+
+
 class Batches:
     """``client.messages.batches``: the Message Batches endpoints (reference §3)."""
 
-    def __init__(self, upstream: SyncUpstream) -> None:
+    def __init__(self, upstream: SyncUpstream, gate: _BatchGate) -> None:
         self._upstream = upstream
+        self._gate = gate
 
     def create(
         self,
@@ -762,15 +811,23 @@ class Batches:
         The API validates each request's ``params`` only when it runs, so a bad one shows
         up as an ``errored`` result, not as an error here.
         """
-        data, _ = self._upstream.request_json(
-            "POST",
-            "/v1/messages/batches",
-            json=_batch_body(requests, extra_body),
-            params=extra_query,
-            headers=extra_headers,
-            timeout=timeout,
-        )
-        return MessageBatch(data)
+        body = _batch_body(requests, extra_body)
+        self._gate.admit(len(requests))
+        try:
+            data, _ = self._upstream.request_json(
+                "POST",
+                "/v1/messages/batches",
+                json=body,
+                params=extra_query,
+                headers=extra_headers,
+                timeout=timeout,
+            )
+        except BaseException:
+            self._gate.unqueue(len(requests))
+            raise
+        batch = MessageBatch(data)
+        self._gate.created(batch, len(requests))
+        return batch
 
     def retrieve(
         self,
@@ -781,8 +838,9 @@ class Batches:
     ) -> MessageBatch:
         """The batch's current state (poll this until ``processing_status == "ended"``)."""
         path = f"/v1/messages/batches/{_path_id(message_batch_id, 'message_batch_id')}"
+        self._gate.admit()
         data, _ = self._upstream.request_json("GET", path, headers=extra_headers, timeout=timeout)
-        return MessageBatch(data)
+        return self._gate.seen(MessageBatch(data))
 
     def cancel(
         self,
@@ -793,8 +851,9 @@ class Batches:
     ) -> MessageBatch:
         """Ask the API to cancel the batch (it moves to ``canceling``, then ``ended``)."""
         path = f"/v1/messages/batches/{_path_id(message_batch_id, 'message_batch_id')}/cancel"
+        self._gate.admit()
         data, _ = self._upstream.request_json("POST", path, headers=extra_headers, timeout=timeout)
-        return MessageBatch(data)
+        return self._gate.seen(MessageBatch(data))
 
     def delete(
         self,
@@ -805,6 +864,7 @@ class Batches:
     ) -> DeletedMessageBatch:
         """Delete an ended batch (cancel it first if it is still processing)."""
         path = f"/v1/messages/batches/{_path_id(message_batch_id, 'message_batch_id')}"
+        self._gate.admit()
         data, _ = self._upstream.request_json(
             "DELETE", path, headers=extra_headers, timeout=timeout
         )
@@ -825,6 +885,7 @@ class Batches:
         url = _results_url(self.retrieve(message_batch_id, extra_headers=extra_headers))
         # The SDK asks for application/binary; the body is JSONL whatever it is labelled.
         headers = merge_headers({"accept": "application/binary"}, extra_headers)
+        self._gate.admit()
         return BatchResults(
             self._upstream.stream_lines("GET", url, headers=headers, timeout=timeout)
         )
@@ -849,6 +910,7 @@ class Batches:
         params = {k: v for k, v in params.items() if v is not None}
 
         def fetch(page_params: dict[str, Any]) -> SyncPage[MessageBatch]:
+            self._gate.admit()
             data, _ = self._upstream.request_json(
                 "GET",
                 "/v1/messages/batches",
@@ -867,7 +929,7 @@ class Messages:
     def __init__(self, upstream: SyncUpstream, context: _CallContext) -> None:
         self._upstream = upstream
         self._context = context
-        self.batches = Batches(upstream)
+        self.batches = Batches(upstream, _BatchGate(context.engine))
 
     @overload
     def create(
@@ -1143,8 +1205,9 @@ class Messages:
 class AsyncBatches:
     """``client.messages.batches`` of :class:`AsyncClient`; see :class:`Batches`."""
 
-    def __init__(self, upstream: AsyncUpstream) -> None:
+    def __init__(self, upstream: AsyncUpstream, gate: _BatchGate) -> None:
         self._upstream = upstream
+        self._gate = gate
 
     async def create(
         self,
@@ -1156,15 +1219,23 @@ class AsyncBatches:
         timeout: TimeoutTypes | None = None,
     ) -> MessageBatch:
         """See :meth:`Batches.create`."""
-        data, _ = await self._upstream.request_json(
-            "POST",
-            "/v1/messages/batches",
-            json=_batch_body(requests, extra_body),
-            params=extra_query,
-            headers=extra_headers,
-            timeout=timeout,
-        )
-        return MessageBatch(data)
+        body = _batch_body(requests, extra_body)
+        await self._gate.aadmit(len(requests))
+        try:
+            data, _ = await self._upstream.request_json(
+                "POST",
+                "/v1/messages/batches",
+                json=body,
+                params=extra_query,
+                headers=extra_headers,
+                timeout=timeout,
+            )
+        except BaseException:
+            self._gate.unqueue(len(requests))
+            raise
+        batch = MessageBatch(data)
+        self._gate.created(batch, len(requests))
+        return batch
 
     async def retrieve(
         self,
@@ -1175,10 +1246,11 @@ class AsyncBatches:
     ) -> MessageBatch:
         """See :meth:`Batches.retrieve`."""
         path = f"/v1/messages/batches/{_path_id(message_batch_id, 'message_batch_id')}"
+        await self._gate.aadmit()
         data, _ = await self._upstream.request_json(
             "GET", path, headers=extra_headers, timeout=timeout
         )
-        return MessageBatch(data)
+        return self._gate.seen(MessageBatch(data))
 
     async def cancel(
         self,
@@ -1189,10 +1261,11 @@ class AsyncBatches:
     ) -> MessageBatch:
         """See :meth:`Batches.cancel`."""
         path = f"/v1/messages/batches/{_path_id(message_batch_id, 'message_batch_id')}/cancel"
+        await self._gate.aadmit()
         data, _ = await self._upstream.request_json(
             "POST", path, headers=extra_headers, timeout=timeout
         )
-        return MessageBatch(data)
+        return self._gate.seen(MessageBatch(data))
 
     async def delete(
         self,
@@ -1203,6 +1276,7 @@ class AsyncBatches:
     ) -> DeletedMessageBatch:
         """See :meth:`Batches.delete`."""
         path = f"/v1/messages/batches/{_path_id(message_batch_id, 'message_batch_id')}"
+        await self._gate.aadmit()
         data, _ = await self._upstream.request_json(
             "DELETE", path, headers=extra_headers, timeout=timeout
         )
@@ -1218,6 +1292,7 @@ class AsyncBatches:
         """See :meth:`Batches.results`."""
         url = _results_url(await self.retrieve(message_batch_id, extra_headers=extra_headers))
         headers = merge_headers({"accept": "application/binary"}, extra_headers)
+        await self._gate.aadmit()
         lines = await self._upstream.stream_lines("GET", url, headers=headers, timeout=timeout)
         return AsyncBatchResults(lines)
 
@@ -1241,6 +1316,7 @@ class AsyncBatches:
         params = {k: v for k, v in params.items() if v is not None}
 
         async def fetch(page_params: dict[str, Any]) -> AsyncPage[MessageBatch]:
+            await self._gate.aadmit()
             data, _ = await self._upstream.request_json(
                 "GET",
                 "/v1/messages/batches",
@@ -1259,7 +1335,7 @@ class AsyncMessages:
     def __init__(self, upstream: AsyncUpstream, context: _CallContext) -> None:
         self._upstream = upstream
         self._context = context
-        self.batches = AsyncBatches(upstream)
+        self.batches = AsyncBatches(upstream, _BatchGate(context.engine))
 
     @overload
     async def create(
