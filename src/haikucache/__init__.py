@@ -86,7 +86,7 @@ from ._ledger import (
     default_cache_dir,
     price_usage,
 )
-from ._limits import RateLimiter, RateLimits, RedisLimiterBackend
+from ._limits import BatchLimits, RateLimiter, RateLimits, RedisLimiterBackend
 from ._pipeline import Outcome, Pipeline, Reply, StreamTap
 from ._planner import Breakpoint, Plan, Planner, PlannerPolicy, PrefixStats
 from ._semantic import (
@@ -146,6 +146,7 @@ __all__ = [
     "BatchItemError",
     "BatchItemErroredError",
     "BatchItemExpiredError",
+    "BatchLimits",
     "BatchJournal",
     "BatchResults",
     "Batcher",
