@@ -361,3 +361,43 @@ def test_the_batch_endpoints_have_their_own_rpm_and_queue() -> None:
             batches.retrieve(first.id)
         assert busy.value.limit == "batch_requests"
     assert emu.batch_count == 2
+
+
+def test_an_upstream_fallback_takes_over_with_its_own_key_and_model() -> None:
+    from haikucache import Upstream
+
+    primary = Emulator(seed=1)
+    backup = Emulator(seed=2, api_keys=["sk-backup"])
+    primary.overload(1.0)
+    target = Upstream(
+        "http://backup.test", api_key="sk-backup", model=SONNET, transport=backup.transport()
+    )
+    with client(primary, Controls(fallback=(target,))) as c:
+        message = c.messages.create(**ask("Where is my bag?"))
+        assert message.model.startswith(SONNET) and message.haikucache.cache == "miss"  # type: ignore[union-attr]
+        assert backup.requests["messages"] == 1
+        assert backup.log[-1].headers["x-api-key"] == "sk-backup"  # its own key, not ours
+        assert "sk-backup" not in repr(target)
+        # Cached for the caller under the model that answered.
+        assert c.messages.create(**ask("Where is my bag?", model=SONNET)).haikucache.cache == "hit"  # type: ignore[union-attr]
+
+
+def test_an_async_client_reaches_an_upstream_fallback_too() -> None:
+    from haikucache import Upstream
+
+    primary, backup = Emulator(), Emulator()
+    primary.overload(1.0)
+    target = Upstream("http://backup.test", transport=backup.transport())
+
+    async def run() -> str:
+        async with AsyncClient(
+            api_key="sk-test",
+            base_url=BASE_URL,
+            transport=primary.transport(),
+            engine=Engine(ledger=MemoryLedger(), controls=Controls(fallback=(target,))),
+            max_retries=0,
+        ) as c:
+            return (await c.messages.create(**ask("Async backup?"))).model
+
+    assert asyncio.run(run()).startswith(HAIKU)  # the same model, elsewhere
+    assert backup.requests["messages"] == 1 and backup.log[-1].headers["x-api-key"] == "sk-test"

@@ -901,3 +901,17 @@ def test_the_proxy_falls_back_when_the_model_is_overloaded(
     assert reply.status_code == 200, reply.text
     assert reply.json()["model"].startswith("claude-sonnet-4-5")
     assert [r.body["model"] for r in emulator.log] == ["claude-haiku-4-5", "claude-sonnet-4-5"]
+
+
+def test_the_proxy_falls_back_to_another_upstream(
+    start_proxy: Callable[..., ProxyServer], emulator: Emulator, upstream: str
+) -> None:
+    backup = Emulator(seed=7)
+    with backup.serve() as backup_url:
+        proxy = start_proxy(upstream=upstream, fallback=f"{backup_url}")
+        emulator.overload(1.0)
+        reply = httpx.post(
+            f"{proxy.base_url}/v1/messages", json=ask("Where is my bag?"), headers=key_headers("sk-a")
+        )
+        assert reply.status_code == 200, reply.text
+        assert len(backup.log) == 1 and backup.log[0].headers["x-api-key"] == "sk-a"

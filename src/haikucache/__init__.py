@@ -28,7 +28,7 @@ from ._client import (
     SyncPage,
 )
 from ._clock import Clock, ManualClock, SystemClock
-from ._controls import Controls
+from ._controls import Controls, Upstream
 from ._decorator import Args, AsyncLLMFunction, AsyncMemoized, LLMFunction, Memoized, llm, memoize
 from ._embed_local import LocalEmbedder
 from ._engine import (
@@ -233,6 +233,7 @@ __all__ = [
     "Telemetry",
     "TokenCounts",
     "UnprocessableEntityError",
+    "Upstream",
     "UpstreamError",
     "UsageError",
     "Verifier",

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ._controls import error_headers, error_status
+from ._controls import Upstream, error_headers, error_status
 from ._engine import CallOptions, Engine, PreparedCall
 from ._exceptions import (
     APIConnectionError,
@@ -189,6 +189,39 @@ class _CallContext:
         self.pipeline = Pipeline(
             engine, flight_lease=flight_lease, flight_wait=flight_wait, upstream=upstream
         )
+        self._fallbacks: dict[int, Any] = {}
+        self._fallbacks_lock = threading.Lock()
+
+    def fallback(self, target: Upstream, primary: SyncUpstream | AsyncUpstream) -> Any:
+        """The connection to a fallback :class:`~haikucache.Upstream`, made like the client's
+        own (version, timeout, retries), with its key or the client's (kept while open)."""
+        with self._fallbacks_lock:
+            upstream = self._fallbacks.get(id(target))
+            if upstream is None:
+                kind = AsyncUpstream if isinstance(primary, AsyncUpstream) else SyncUpstream
+                upstream = self._fallbacks[id(target)] = kind(
+                    api_key=target.api_key or primary.api_key,
+                    auth_token=None if target.api_key else primary.auth_token,
+                    base_url=target.base_url,
+                    anthropic_version=primary.anthropic_version,
+                    default_headers={**primary.default_headers, **target.headers},
+                    timeout=primary.timeout,
+                    max_retries=primary.max_retries,
+                    transport=target.transport,
+                )
+            return upstream
+
+    def close(self) -> None:
+        with self._fallbacks_lock:
+            fallbacks, self._fallbacks = list(self._fallbacks.values()), {}
+        for upstream in fallbacks:
+            upstream.close()
+
+    async def aclose(self) -> None:
+        with self._fallbacks_lock:
+            fallbacks, self._fallbacks = list(self._fallbacks.values()), {}
+        for upstream in fallbacks:
+            await upstream.aclose()
 
     def _headers(self, extra_headers: HeaderTypes | None) -> Mapping[str, str]:
         return merge_headers(self.headers, extra_headers) if extra_headers else self.headers
@@ -1126,7 +1159,13 @@ class Messages:
             return MessageStream(events, _StreamState(events.headers, opened))
 
         def send(body: dict[str, Any]) -> Reply[httpx.Headers]:
-            data, headers = self._upstream.request_json(
+            return send_to(None, body)
+
+        def send_to(target: Upstream | None, body: dict[str, Any]) -> Reply[httpx.Headers]:
+            upstream = (
+                self._upstream if target is None else self._context.fallback(target, self._upstream)
+            )
+            data, headers = upstream.request_json(
                 "POST",
                 "/v1/messages",
                 json=body,
@@ -1136,7 +1175,7 @@ class Messages:
             )
             return Reply(data, headers, status=200, headers=headers)
 
-        return self._context.message(pipeline.exchange(call, send))
+        return self._context.message(pipeline.exchange(call, send, send_to=send_to))
 
     def stream(self, **params: Any) -> MessageStreamManager:
         """``create(..., stream=True)`` as a context manager that closes the stream on exit.
@@ -1509,7 +1548,13 @@ class AsyncMessages:
             return AsyncMessageStream(events, _StreamState(events.headers, opened))
 
         async def send(body: dict[str, Any]) -> Reply[httpx.Headers]:
-            data, headers = await self._upstream.request_json(
+            return await send_to(None, body)
+
+        async def send_to(target: Upstream | None, body: dict[str, Any]) -> Reply[httpx.Headers]:
+            upstream = (
+                self._upstream if target is None else self._context.fallback(target, self._upstream)
+            )
+            data, headers = await upstream.request_json(
                 "POST",
                 "/v1/messages",
                 json=body,
@@ -1519,7 +1564,7 @@ class AsyncMessages:
             )
             return Reply(data, headers, status=200, headers=headers)
 
-        return self._context.message(await pipeline.aexchange(call, send))
+        return self._context.message(await pipeline.aexchange(call, send, send_to=send_to))
 
     def stream(self, **params: Any) -> AsyncMessageStreamManager:
         """``async with client.messages.stream(...) as stream``; see :meth:`Messages.stream`."""
@@ -1751,6 +1796,7 @@ class Client(_ClientBase):
     def close(self) -> None:
         """Close the connection pool, if this client created it."""
         self._upstream.close()
+        self.messages._context.close()
 
     def __enter__(self) -> Client:
         return self
@@ -1831,6 +1877,7 @@ class AsyncClient(_ClientBase):
     async def close(self) -> None:
         """Close the connection pool, if this client created it."""
         await self._upstream.aclose()
+        await self.messages._context.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self

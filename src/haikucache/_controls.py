@@ -38,7 +38,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._breaker import CircuitBreaker, upstream_key
@@ -50,13 +50,45 @@ if TYPE_CHECKING:
     from ._engine import CallInfo, PreparedCall
     from ._planner import Plan
 
-__all__ = ["Controls", "Ticket"]
+__all__ = ["Controls", "Ticket", "Upstream"]
 
 logger = logging.getLogger("haikucache")
 
 #: Statuses after which the next fallback is tried (and the breaker counts a failure).
 FALLBACK_STATUSES = frozenset({500, 502, 503, 504, 529})
 _TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Another place the same call can go when the primary upstream fails: a second
+    deployment, a gateway, or the model on another platform.
+
+    Attributes:
+        base_url: its Messages API base URL (the ``/v1/messages`` path is added).
+        api_key: the key it takes (``None``: the caller's own credential). Never logged and
+            never part of a cache key; the answer is keyed for the caller, as always.
+        model: the model to ask there (``None``: the model asked for); an answer is
+            accounted, priced and cached under the model that gave it.
+        headers: extra headers it needs.
+        transport: an ``httpx`` transport to reach it (tests, custom networking).
+    """
+
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    model: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    transport: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base_url, str) or "://" not in self.base_url:
+            raise ConfigurationError(f"Upstream.base_url must be a URL, got {self.base_url!r}")
+        if self.model is not None and (not isinstance(self.model, str) or not self.model):
+            raise ConfigurationError("Upstream.model must be a model name or None")
+
+
+#: One fallback: a model (same upstream), or an :class:`Upstream`.
+Fallback = str | Upstream
 
 
 @dataclass(frozen=True)
@@ -70,8 +102,11 @@ class Controls:
             OTPM), in-process or shared through Redis.
         breaker: a :class:`~haikucache.CircuitBreaker`, one circuit per upstream (base URL
             and model).
-        fallback: models to try, in order, when the model asked for answers 529 / 5xx or
-            cannot be reached (after the door's own retries); never on a 4xx. An answer is
+        fallback: what to try, in order, when the model asked for answers 529 / 5xx or
+            cannot be reached (after the door's own retries); never on a 4xx. Each is a model
+            name (the same upstream) or an :class:`Upstream` (another base URL, key or
+            platform; doors that send their own HTTP — the client, the decorator, LlamaIndex,
+            the batcher's realtime calls, the proxy — can reach one). An answer is
             accounted, priced and cached under the model that gave it.
         wait: seconds a call may wait for the rate limiter (``None``: as long as needed;
             ``0``: refuse at once).
@@ -80,7 +115,7 @@ class Controls:
     budgets: Budgets | None = None
     limiter: RateLimiter | None = None
     breaker: CircuitBreaker | None = None
-    fallback: Sequence[str] = ()
+    fallback: Sequence[Fallback] = ()
     wait: float | None = 30.0
 
     def __post_init__(self) -> None:
@@ -94,10 +129,12 @@ class Controls:
             raise ConfigurationError(
                 f"breaker must be a haikucache.CircuitBreaker, got {self.breaker!r}"
             )
-        if isinstance(self.fallback, str) or not all(
-            isinstance(m, str) and m for m in self.fallback
+        if isinstance(self.fallback, (str, Upstream)) or not all(
+            (isinstance(m, str) and m) or isinstance(m, Upstream) for m in self.fallback
         ):
-            raise ConfigurationError("fallback must be a sequence of model names")
+            raise ConfigurationError(
+                "fallback must be a sequence of model names and haikucache.Upstream s"
+            )
         object.__setattr__(self, "fallback", tuple(self.fallback))
         if self.wait is not None and not self.wait >= 0:
             raise ConfigurationError("wait must be >= 0 seconds or None")

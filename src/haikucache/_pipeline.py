@@ -35,13 +35,14 @@ The sync and async twins differ only where I/O happens.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from ._controls import Controls, Ticket, error_headers, error_status
+from ._controls import Controls, Ticket, Upstream, error_headers, error_status
 from ._engine import CallInfo, CallOptions, Engine, PreparedCall
 from ._exceptions import CacheStoreError, CircuitOpenError, UsageError
 from ._singleflight import AsyncLockStore, AsyncSingleFlight, LockStore, SingleFlight
@@ -357,6 +358,7 @@ class Pipeline:
         send: Callable[[dict[str, Any]], Reply[R]],
         *,
         looked_up: bool = False,
+        send_to: Callable[[Upstream, dict[str, Any]], Reply[R]] | None = None,
     ) -> Outcome[R]:
         """Answer a JSON call: from the cache, from a concurrent twin, or by ``send``.
 
@@ -364,17 +366,28 @@ class Pipeline:
             send: the door's I/O: sends the planned body upstream and returns the
                 :class:`Reply` (it may raise the door's own errors; they propagate).
             looked_up: the door already looked this call up and missed.
+            send_to: how the door sends to another :class:`~haikucache.Upstream` (a
+                fallback of the engine's controls); a door without it skips those.
         """
         telemetry = self.engine.telemetry
         if telemetry is None:
-            return self._exchange(call, send, looked_up)
+            return self._exchange(call, send, looked_up, send_to)
         with telemetry.start(call) as span:
-            outcome = self._exchange(call, span.watch(send), looked_up)
+            watched_to = (
+                None
+                if send_to is None
+                else lambda target, body: span.watch(functools.partial(send_to, target))(body)
+            )
+            outcome = self._exchange(call, span.watch(send), looked_up, watched_to)
             span.finish(outcome)
         return outcome
 
     def _exchange(
-        self, call: PreparedCall, send: Callable[[dict[str, Any]], Reply[R]], looked_up: bool
+        self,
+        call: PreparedCall,
+        send: Callable[[dict[str, Any]], Reply[R]],
+        looked_up: bool,
+        send_to: Callable[[Upstream, dict[str, Any]], Reply[R]] | None = None,
     ) -> Outcome[R]:
         if call.stream:
             raise UsageError("a streamed call goes through open_stream(), not exchange()")
@@ -384,7 +397,7 @@ class Pipeline:
                 return hit
 
         def lead() -> Outcome[R]:
-            return self._send(call, send)
+            return self._send(call, send, send_to)
 
         if not self._coalesce(call):
             return lead()
@@ -402,13 +415,19 @@ class Pipeline:
         send: Callable[[dict[str, Any]], Awaitable[Reply[R]]],
         *,
         looked_up: bool = False,
+        send_to: Callable[[Upstream, dict[str, Any]], Awaitable[Reply[R]]] | None = None,
     ) -> Outcome[R]:
         """The async twin of :meth:`exchange`."""
         telemetry = self.engine.telemetry
         if telemetry is None:
-            return await self._aexchange(call, send, looked_up)
+            return await self._aexchange(call, send, looked_up, send_to)
         with telemetry.start(call) as span:
-            outcome = await self._aexchange(call, span.awatch(send), looked_up)
+            watched_to = (
+                None
+                if send_to is None
+                else lambda target, body: span.awatch(functools.partial(send_to, target))(body)
+            )
+            outcome = await self._aexchange(call, span.awatch(send), looked_up, watched_to)
             span.finish(outcome)
         return outcome
 
@@ -417,6 +436,7 @@ class Pipeline:
         call: PreparedCall,
         send: Callable[[dict[str, Any]], Awaitable[Reply[R]]],
         looked_up: bool,
+        send_to: Callable[[Upstream, dict[str, Any]], Awaitable[Reply[R]]] | None = None,
     ) -> Outcome[R]:
         if call.stream:
             raise UsageError("a streamed call goes through aopen_stream(), not aexchange()")
@@ -426,7 +446,7 @@ class Pipeline:
                 return hit
 
         async def lead() -> Outcome[R]:
-            return await self._asend(call, send)
+            return await self._asend(call, send, send_to)
 
         if not self._coalesce(call):
             return await lead()
@@ -536,30 +556,47 @@ class Pipeline:
         controls = self.engine.controls
         return controls if controls is not None and controls.active else None
 
-    def _attempts(self, call: PreparedCall, controls: Controls) -> list[PreparedCall]:
-        """The call, then the same request for each fallback model (keyed for that model:
-        an answer is cached under the model that gave it)."""
-        return [call] + [
-            self.engine.refit(call, model) for model in controls.fallback if model != call.model
-        ]
+    def _attempts(
+        self, call: PreparedCall, controls: Controls, reach: bool
+    ) -> list[tuple[PreparedCall, Upstream | None]]:
+        """The call, then the same request for each fallback, keyed for the model it asks
+        (an answer is cached under the model that gave it), with the :class:`Upstream` it
+        goes to (``None``: the door's own). ``reach``: the door can send to another one."""
+        attempts: list[tuple[PreparedCall, Upstream | None]] = [(call, None)]
+        for fallback in controls.fallback:
+            if isinstance(fallback, str):
+                if fallback != call.model:
+                    attempts.append((self.engine.refit(call, fallback), None))
+            elif reach:
+                attempts.append((self.engine.refit(call, fallback.model or call.model), fallback))
+        return attempts
 
-    def _send(self, call: PreparedCall, send: Callable[[dict[str, Any]], Reply[R]]) -> Outcome[R]:
+    def _send(
+        self,
+        call: PreparedCall,
+        send: Callable[[dict[str, Any]], Reply[R]],
+        send_to: Callable[[Upstream, dict[str, Any]], Reply[R]] | None = None,
+    ) -> Outcome[R]:
         """5 admit, 6 send, 7 account, 8 store; then settle the controls (and fall back)."""
         controls = self._controls()
         if controls is None:
             return self._settle(call, send(self.engine.plan(call).body))
-        attempts = self._attempts(call, controls)
-        for index, attempt in enumerate(attempts):
+        attempts = self._attempts(call, controls, send_to is not None)
+        for index, (attempt, target) in enumerate(attempts):
             last = index == len(attempts) - 1
             self.engine.plan(attempt)
+            where = self.upstream if target is None else target.base_url
             try:
-                ticket = controls.admit(attempt, self.upstream, now=self.engine.clock.now())
+                ticket = controls.admit(attempt, where, now=self.engine.clock.now())
             except CircuitOpenError:
                 if last:
                     raise
                 continue
             try:
-                reply = send(attempt.body)
+                if target is None or send_to is None:
+                    reply = send(attempt.body)
+                else:
+                    reply = send_to(target, attempt.body)
             except Exception as exc:
                 if (
                     controls.failed(
@@ -590,24 +627,31 @@ class Pipeline:
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     async def _asend(
-        self, call: PreparedCall, send: Callable[[dict[str, Any]], Awaitable[Reply[R]]]
+        self,
+        call: PreparedCall,
+        send: Callable[[dict[str, Any]], Awaitable[Reply[R]]],
+        send_to: Callable[[Upstream, dict[str, Any]], Awaitable[Reply[R]]] | None = None,
     ) -> Outcome[R]:
         """The async twin of :meth:`_send`."""
         controls = self._controls()
         if controls is None:
             return await self._asettle(call, await send(self.engine.plan(call).body))
-        attempts = self._attempts(call, controls)
-        for index, attempt in enumerate(attempts):
+        attempts = self._attempts(call, controls, send_to is not None)
+        for index, (attempt, target) in enumerate(attempts):
             last = index == len(attempts) - 1
             self.engine.plan(attempt)
+            where = self.upstream if target is None else target.base_url
             try:
-                ticket = await controls.aadmit(attempt, self.upstream, now=self.engine.clock.now())
+                ticket = await controls.aadmit(attempt, where, now=self.engine.clock.now())
             except CircuitOpenError:
                 if last:
                     raise
                 continue
             try:
-                reply = await send(attempt.body)
+                if target is None or send_to is None:
+                    reply = await send(attempt.body)
+                else:
+                    reply = await send_to(target, attempt.body)
             except Exception as exc:
                 if (
                     controls.failed(

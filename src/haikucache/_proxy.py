@@ -49,7 +49,7 @@ import httpx
 
 from ._breaker import CircuitBreaker
 from ._budget import Budget, Budgets, RedisBudgetBackend
-from ._controls import Controls
+from ._controls import Controls, Upstream
 from ._engine import DEFAULT_STORE, CallInfo, Engine
 from ._exceptions import (
     ConfigurationError,
@@ -208,8 +208,9 @@ class ProxyConfig:
         limit_wait: seconds a call may wait for the rate limiter.
         breaker_failures: consecutive 5xx / 529 / connection errors that open an upstream
             model's circuit (0: no circuit breaker).
-        fallback: models tried in order when the one asked for is overloaded or down
-            (comma-separated).
+        fallback: tried in order when the model asked for is overloaded or down
+            (comma-separated): model names, or base URLs of other upstreams (reached with
+            the caller's credential).
         controls_store: a ``redis://`` URL where budgets and rate limits live, shared by
             every replica (default: the ``store``'s Redis when it is one, else in-process).
         telemetry: record every call as OpenTelemetry spans and metrics (GenAI semantic
@@ -464,7 +465,11 @@ def _build_controls(config: ProxyConfig) -> Controls | None:
     ]
     limits = RateLimits(rpm=config.rpm, itpm=config.itpm, otpm=config.otpm)
     limited = any(v is not None for v in (config.rpm, config.itpm, config.otpm))
-    fallback = tuple(m.strip() for m in config.fallback.split(",") if m.strip())
+    fallback = tuple(
+        Upstream(m) if "://" in m else m
+        for m in (m.strip() for m in config.fallback.split(","))
+        if m
+    )
     if not (budgets or limited or config.breaker_failures or fallback):
         return None
     return Controls(
@@ -677,6 +682,7 @@ class _Proxy:
         self.emulator: Any = None
         self._keys = {key: (vk, _upstream_secret(vk)) for key, vk in config.keys.items()}
         self._upstream: _Upstream | _AiohttpUpstream | None = None
+        self._fallbacks: dict[int, _Upstream | _AiohttpUpstream] = {}
 
     # -- lifespan -------------------------------------------------------------------------
 
@@ -699,6 +705,9 @@ class _Proxy:
     async def stop(self) -> None:
         if self._upstream is not None:
             await self._upstream.aclose()
+        for fallback in self._fallbacks.values():
+            with contextlib.suppress(Exception):
+                await fallback.aclose()
         engine = self.door.engine
         store = engine.store
         with contextlib.suppress(Exception):
@@ -710,6 +719,31 @@ class _Proxy:
         if callable(flush):
             with contextlib.suppress(Exception):
                 flush()
+
+    def _route(
+        self, where: Upstream | None, forward: list[tuple[str, str]]
+    ) -> tuple[_Upstream | _AiohttpUpstream, list[tuple[str, str]]]:
+        """Where a call goes: this proxy's upstream, or a fallback :class:`Upstream` (with
+        its own key when it has one, and its extra headers)."""
+        if where is None:
+            return self.upstream, forward
+        upstream = self._fallbacks.get(id(where))
+        if upstream is None:
+            if where.transport is not None:
+                upstream = _Upstream(where.base_url, where.transport)
+            else:
+                upstream = _AiohttpUpstream(
+                    where.base_url, DEFAULT_CONNECTION_LIMITS, DEFAULT_TIMEOUT
+                )
+            self._fallbacks[id(where)] = upstream
+        headers = forward
+        if where.api_key is not None:
+            headers = [(k, v) for k, v in forward if k not in _AUTH_HEADERS]
+            headers.append(("x-api-key", where.api_key))
+        if where.headers:
+            extra = {k.lower() for k in where.headers}
+            headers = [(k, v) for k, v in headers if k not in extra] + list(where.headers.items())
+        return upstream, headers
 
     @property
     def upstream(self) -> _Upstream:
@@ -785,8 +819,12 @@ class _Proxy:
                 return await self._relay_stream(opened, target, forward)
 
             async def send(planned: dict[str, Any]) -> Reply[Any]:
+                return await send_to(None, planned)
+
+            async def send_to(where: Upstream | None, planned: dict[str, Any]) -> Reply[Any]:
                 started = time.perf_counter()
-                response = await self.upstream.send("POST", target, forward, _encode(planned))
+                upstream, headers = self._route(where, forward)
+                response = await upstream.send("POST", target, headers, _encode(planned))
                 self.metrics.upstream("messages", started)
                 content = await response.aread()
                 if not response.is_success:
@@ -794,7 +832,7 @@ class _Proxy:
                 reply = Door.reply(response, content)
                 return Reply(reply.message, (response, content), reply.status, reply.headers)
 
-            return self._answer(await self.door.pipeline.aexchange(call, send))
+            return self._answer(await self.door.pipeline.aexchange(call, send, send_to=send_to))
         except ControlError as exc:
             self.metrics.outcome("refused")
             return _refused(exc)
