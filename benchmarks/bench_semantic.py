@@ -55,6 +55,9 @@ Figures (``{"figures": {...}}`` in OUT, and a table on stdout):
   answer with the fresh one). ``served_wrong_share`` (wrong hits / hits: what δ bounds),
   ``false_hit_rate``, ``hit_rate``, ``precision``, the learned threshold at the end, and the
   upstream calls spent on sampled hits.
+* ``qqp_rerank_test_*_at_dev_hit_0.20``: a second-stage score (cosine and lexical features of
+  the pair, a logistic regression fitted on dev) cut where its dev hit rate is 0.20, measured
+  on test; ``qqp_cosine_test_*`` the cosine alone, cut the same way.
 * ``judge_usd_per_verdict``: what one ``HaikuJudge`` verdict costs at Haiku 4.5 prices, from
   the emulator's bill over trap pairs (the emulator's replies are not judgements: cost only).
 * ``embed_ms_per_question`` (one short question per call) and ``semantic_lookup_p50_ms_100k``
@@ -70,10 +73,12 @@ run embeds 160k questions). ``--sample N`` picks another size.
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
 import math
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -213,6 +218,103 @@ def curve(scores: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
             }
         )
     return points
+
+
+# --------------------------------------------------------------------------- a lexical rerank
+# Does a second-stage score beat the cosine on QQP? Lexical features of a candidate pair that
+# passed the threshold floor, the guards and the verifier, combined with the cosine by a
+# logistic regression fitted on dev; the cut is chosen on dev (the score whose dev hit rate is
+# RERANK_HIT_RATE) and measured on test, beside the cosine alone cut the same way.
+
+RERANK_FLOOR = 0.9
+RERANK_HIT_RATE = 0.20
+_FUNCTION_WORDS = frozenset(
+    re.findall(
+        r"\w+",
+        "a an the of to in on at for from by with about into over after before under between "
+        "is are was were be been being am do does did can could will would shall should may "
+        "might must have has had i me my we us our you your he him his she her it its they "
+        "them their this that these those there here what which who whom whose when where why "
+        "how and or but if then so than as not no any some all each every one just very "
+        "really also too more most much many such own get got make made way thing",
+    )
+)
+
+
+def _content(text: str) -> list[str]:
+    words = (
+        w[:-1] if len(w) > 3 and w.endswith("s") else w
+        for w in re.findall(r"[a-z0-9]+", text.lower())
+    )
+    return [w for w in words if w not in _FUNCTION_WORDS]
+
+
+def rerank_features(a: str, b: str, cosine: float) -> list[float]:
+    """Cosine, content-word overlap, unmatched content words, lengths, character similarity."""
+    ca, cb = _content(a), _content(b)
+    sa, sb = set(ca), set(cb)
+    only_a, only_b = len(sa - sb), len(sb - sa)
+    union = len(sa | sb) or 1
+    return [
+        cosine,
+        len(sa & sb) / union,
+        float(only_a + only_b),
+        float(max(only_a, only_b)),
+        (only_a + only_b) / union,
+        float(abs(a.count("?") - b.count("?"))),
+        difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio(),
+        float(min(len(sa), len(sb))),
+        float(abs(len(a.split()) - len(b.split()))),
+    ]
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> np.ndarray:
+    """Newton's method on an L2-penalised logistic loss (standardised features + bias)."""
+    z = np.hstack([x, np.ones((len(x), 1))])
+    w = np.zeros(z.shape[1])
+    penalty = l2 * len(x) * np.r_[np.ones(z.shape[1] - 1), 0.0]
+    for _ in range(30):
+        p = 1 / (1 + np.exp(-z @ w))
+        gradient = z.T @ (p - y) + penalty * w
+        hessian = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty)
+        w -= np.linalg.solve(hessian, gradient)
+    return w
+
+
+def rerank_figures(
+    dev: list[tuple[str, str, int]],
+    dev_scores: np.ndarray,
+    test: list[tuple[str, str, int]],
+    test_scores: np.ndarray,
+) -> dict[str, float]:
+    """Test precision and false-hit rate of the rerank and of the cosine, both cut on dev."""
+
+    def table(pairs: list[tuple[str, str, int]], scores: np.ndarray) -> tuple[Any, Any, Any]:
+        rows = np.flatnonzero(scores >= RERANK_FLOOR)
+        x = np.array([rerank_features(pairs[i][0], pairs[i][1], scores[i]) for i in rows])
+        y = np.array([pairs[i][2] for i in rows], dtype=float)
+        return x, y, sum(p[2] for p in pairs)
+
+    x_dev, y_dev, pos_dev = table(dev, dev_scores)
+    x_test, y_test, pos_test = table(test, test_scores)
+    mean, std = x_dev.mean(0), x_dev.std(0) + 1e-9
+    w = _fit_logistic((x_dev - mean) / std, y_dev)
+    out: dict[str, float] = {}
+    for name, score_dev, score_test in (
+        ("rerank", ((x_dev - mean) / std) @ w[:-1], ((x_test - mean) / std) @ w[:-1]),
+        ("cosine", x_dev[:, 0], x_test[:, 0]),
+    ):
+        order = np.argsort(-score_dev)
+        k = int(np.searchsorted(np.cumsum(y_dev[order]), RERANK_HIT_RATE * pos_dev))
+        cut = score_dev[order][min(k, len(order) - 1)]
+        served = score_test >= cut
+        right, wrong = float(y_test[served].sum()), float((1 - y_test[served]).sum())
+        out[f"qqp_{name}_test_precision_at_dev_hit_0.20"] = right / max(right + wrong, 1)
+        out[f"qqp_{name}_test_hit_rate_at_dev_hit_0.20"] = right / max(pos_test, 1)
+        out[f"qqp_{name}_test_false_hit_rate_at_dev_hit_0.20"] = wrong / max(
+            len(test) - pos_test, 1
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -590,6 +692,9 @@ def run(
         figures[f"qqp_{name}_false_hit_rate"] = r["false_hit_rate"]
         figures[f"qqp_{name}_hit_rate"] = r["hit_rate"]
         figures[f"qqp_{name}_precision"] = r["precision"]
+    figures.update(
+        rerank_figures(dev, guarded(dev, dev_sims, GUARDS), test, guarded(test, test_sims, GUARDS))
+    )
     figures["qqp_dev_pairs"] = len(dev)
     figures["qqp_test_pairs"] = len(test)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -498,3 +499,237 @@ def test_error_bound_configuration_is_checked() -> None:
     index = SemanticIndex(SemanticConfig(embedder=letters))
     index.record_outcome(SemanticMatch("k", 0.99, "q"), False, sampled=True)  # a no-op
     assert index.learned_threshold() == index.config.threshold
+
+
+# --------------------------------------------------------------------------- the bound on the call path
+# A world where meaning is known: each *intent* is 8 made-up words, and the intents come in
+# pairs that share 6 of them, so a question of one intent scores about 0.67-0.78 (bag of
+# words) against its twin's questions: above a permissive threshold, and past every guard and
+# lexical check (the words are made up), yet the twin's answer is wrong. A question is its
+# intent's words plus one filler word; two questions of one intent score about 0.89. The
+# upstream is the emulator, with each answer's text set to its intent's answer, so a served
+# answer can be judged right or wrong.
+
+_SYLLABLES = [c + v for c in "bfgkmpstvz" for v in "aeou"]
+
+
+def _made_up(rng: random.Random, taken: set[str]) -> str:
+    while True:
+        word = "".join(rng.choice(_SYLLABLES) for _ in range(3))
+        if word not in taken:
+            taken.add(word)
+            return word
+
+
+class _World:
+    def __init__(self, pairs: int, seed: int) -> None:
+        rng = random.Random(seed)
+        taken: set[str] = set()
+        self.intents: list[list[str]] = []
+        self.answers: list[str] = []
+        for _ in range(pairs):
+            shared = [_made_up(rng, taken) for _ in range(6)]
+            for _ in range(2):
+                self.intents.append(shared + [_made_up(rng, taken) for _ in range(2)])
+                self.answers.append(" ".join(_made_up(rng, taken) for _ in range(5)) + ".")
+        self.fillers = [_made_up(rng, taken) for _ in range(12)]
+        self._of = {" ".join(words): i for i, words in enumerate(self.intents)}
+
+    def question(self, intent: int, filler: int) -> str:
+        return " ".join(self.intents[intent]) + " " + self.fillers[filler] + "?"
+
+    def intent_of(self, question: str) -> int:
+        return self._of[question.rstrip("?").rsplit(" ", 1)[0]]
+
+    def stream(self, seed: int, asks: int = 3) -> list[tuple[int, str]]:
+        """Each intent asked ``asks`` times with different fillers, intents interleaved."""
+        rng = random.Random(seed)
+        out = [
+            (i, self.question(i, f))
+            for i in range(len(self.intents))
+            for f in rng.sample(range(len(self.fillers)), asks)
+        ]
+        rng.shuffle(out)
+        return out
+
+    def transport(self, emulator: Emulator, truncated: tuple[str, ...] = ()) -> httpx.MockTransport:
+        """The emulator, answering each question with its intent's answer (cut short, as at
+        ``max_tokens``, for the ``truncated`` questions)."""
+        inner = emulator.transport()
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            question = json.loads(request.content)["messages"][-1]["content"]
+            response = inner.handle_request(request)
+            message = json.loads(response.read())
+            message["content"] = [{"type": "text", "text": self.answers[self.intent_of(question)]}]
+            if question in truncated:
+                message["stop_reason"] = "max_tokens"
+            return httpx.Response(response.status_code, json=message)
+
+        return httpx.MockTransport(handle)
+
+
+def bag(texts: list[str]) -> np.ndarray:
+    """Bag of words in 4,096 hashed dimensions (made-up words barely collide)."""
+    out = np.zeros((len(texts), 4096), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for word in text.lower().replace("?", " ").replace(".", " ").split():
+            out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % 4096] += 1
+    return out
+
+
+def _run_world(world: _World, config: SemanticConfig, stream: list[tuple[int, str]]) -> Any:
+    emulator = Emulator()
+    engine = Engine(store=MemoryStore(), ledger=MemoryLedger(), semantic=config)
+    counts = {"semantic": 0, "wrong": 0, "miss": 0, "hit": 0, "miss_wrong": 0}
+    with Client(
+        api_key="sk-test",
+        base_url="http://emulator.test",
+        transport=world.transport(emulator),
+        engine=engine,
+    ) as client:
+        for intent, question in stream:
+            message = client.messages.create(
+                model="claude-haiku-4-5",
+                max_tokens=256,
+                messages=[{"role": "user", "content": question}],
+            )
+            assert message.haikucache is not None
+            cache = message.haikucache.cache
+            right = message.content[0].text == world.answers[intent]
+            counts[cache] += 1
+            if cache == "semantic":
+                counts["wrong"] += not right
+            elif cache == "miss":
+                counts["miss_wrong"] += not right
+    assert emulator.requests["messages"] == counts["miss"]
+    return counts, engine
+
+
+def test_the_world_has_traps_a_fixed_threshold_serves() -> None:
+    world = _World(pairs=60, seed=1)
+    a, b, twin = world.question(0, 0), world.question(0, 1), world.question(1, 0)
+    sims = bag([a, b, twin]) @ bag([a, b, twin]).T / 9.0
+    assert sims[0, 1] == pytest.approx(8 / 9)
+    assert sims[0, 2] == pytest.approx(7 / 9)
+    assert VERIFIER.verify(a, twin) is None and check_guards(a, twin) is None
+    counts, _ = _run_world(world, SemanticConfig(embedder=bag, threshold=0.6), world.stream(seed=2))
+    assert counts["wrong"] / counts["semantic"] > 0.2
+
+
+@pytest.mark.parametrize("delta", [0.05, 0.1])
+def test_the_error_bound_is_learned_on_the_call_path_and_holds(delta: float) -> None:
+    world = _World(pairs=150, seed=3)
+    config = SemanticConfig(
+        embedder=bag, threshold=0.6, max_false_hit_rate=delta, sample_rate=0.1, seed=4
+    )
+    counts, engine = _run_world(world, config, world.stream(seed=5, asks=4))
+    index = engine.semantic_index
+    assert index is not None and index.bound is not None
+    # It learned: wrong outcomes (twins) and right ones (paraphrases) came from upstream
+    # answers, and the threshold it serves from sits above most twins (6/9; the few with the
+    # same filler score 7/9) and at or below the paraphrases (8/9).
+    assert index.outcomes["wrong"] > 50 and index.outcomes["right"] > 100
+    assert 6 / 9 < index.learned_threshold() <= 8 / 9 + 1e-3
+    # It serves, and the wrong share of what it serves stays under the bound.
+    assert counts["semantic"] > 150
+    assert counts["wrong"] / counts["semantic"] <= delta
+    # Verification samples went upstream: the caller got the fresh (right) answer.
+    assert index.outcomes["sampled"] > 5
+    assert counts["miss_wrong"] == 0
+
+
+def test_without_a_bound_nothing_is_labelled_and_samples_are_never_served() -> None:
+    world = _World(pairs=20, seed=6)
+    counts, engine = _run_world(
+        world, SemanticConfig(embedder=bag, threshold=0.85), world.stream(seed=7)
+    )
+    assert engine.semantic_index is not None and not engine.semantic_index.outcomes
+    assert counts["semantic"] > 0 and counts["wrong"] == 0
+    # With every would-be hit sampled, nothing is served by meaning, and every answer is fresh.
+    config = SemanticConfig(embedder=bag, threshold=0.6, max_false_hit_rate=0.5, sample_rate=1.0)
+    counts, engine = _run_world(world, config, world.stream(seed=7))
+    assert counts["semantic"] == 0 and counts["miss_wrong"] == 0
+
+
+def test_a_failing_verification_never_fails_the_call(caplog: pytest.LogCaptureFixture) -> None:
+    world = _World(pairs=5, seed=8)
+
+    def embed(texts: list[str]) -> np.ndarray:
+        if any(t.endswith(".") for t in texts):  # the answers, not the questions
+            raise RuntimeError("embedder down")
+        return bag(texts)
+
+    config = SemanticConfig(embedder=embed, threshold=0.6, max_false_hit_rate=0.1, strict=True)
+    counts, engine = _run_world(world, config, world.stream(seed=9))
+    assert counts["miss"] == len(world.stream(seed=9)) and counts["miss_wrong"] == 0
+    assert engine.semantic_index is not None
+    # Unequal answers that cannot be compared count as wrong; equal ones need no embedding.
+    assert engine.semantic_index.outcomes["wrong"] > 0
+    assert "could not compare answers" in caplog.text
+
+
+async def test_the_async_client_learns_too() -> None:
+    from haikucache import AsyncClient
+
+    world = _World(pairs=40, seed=10)
+    emulator = Emulator()
+    config = SemanticConfig(embedder=bag, threshold=0.6, max_false_hit_rate=0.2, seed=1)
+    engine = Engine(store=MemoryStore(), ledger=False, semantic=config)
+    served = wrong = 0
+    async with AsyncClient(
+        api_key="sk-test",
+        base_url="http://emulator.test",
+        transport=world.transport(emulator),
+        engine=engine,
+    ) as client:
+        for intent, question in world.stream(seed=11, asks=4):
+            message = await client.messages.create(
+                model="claude-haiku-4-5",
+                max_tokens=256,
+                messages=[{"role": "user", "content": question}],
+            )
+            assert message.haikucache is not None
+            if message.haikucache.cache == "semantic":
+                served += 1
+                wrong += message.content[0].text != world.answers[intent]
+    assert engine.semantic_index is not None
+    assert engine.semantic_index.outcomes["right"] > 20
+    assert served > 0 and wrong / served <= 0.2
+
+
+def test_only_a_complete_answer_teaches_the_bound() -> None:
+    world = _World(pairs=3, seed=12)
+    stored, cut_short = world.question(0, 0), world.question(0, 1)
+    config = SemanticConfig(embedder=bag, threshold=0.6, max_false_hit_rate=0.1)
+    engine = Engine(store=MemoryStore(), ledger=False, semantic=config)
+    with Client(
+        api_key="sk-test",
+        base_url="http://emulator.test",
+        transport=world.transport(Emulator(), truncated=(cut_short,)),
+        engine=engine,
+    ) as client:
+        for question in (stored, cut_short, world.question(0, 2)):
+            reply = client.messages.create(
+                model="claude-haiku-4-5",
+                max_tokens=256,
+                messages=[{"role": "user", "content": question}],
+            )
+            assert reply.haikucache is not None and reply.haikucache.cache == "miss"
+    assert engine.semantic_index is not None
+    # The truncated answer said nothing; the complete one agreed with the stored answer.
+    assert dict(engine.semantic_index.outcomes) == {"right": 1}
+
+
+def test_answer_text_reads_text_and_tool_calls() -> None:
+    from haikucache._semantic import answer_text
+
+    message = {
+        "content": [
+            {"type": "thinking", "thinking": "hidden"},
+            {"type": "text", "text": "Checking."},
+            {"type": "tool_use", "id": "t", "name": "lookup", "input": {"b": 1, "a": [2]}},
+        ]
+    }
+    assert answer_text(message) == 'Checking.\nlookup: {"a":[2],"b":1}'
+    assert answer_text({"content": "not a list"}) == ""

@@ -28,11 +28,13 @@ The pieces:
 ``check_guards``       the guards, usable alone.
 ``ErrorBound``         the online threshold learner behind ``max_false_hit_rate``.
 
-The pipeline's part under an error bound: :meth:`SemanticIndex.decide` returns a
-:class:`SemanticDecision`; when it has a ``label``, the call goes upstream (for a sampled hit
-too), the fresh answer is compared with the labelled candidate's stored answer
-(:meth:`SemanticConfig.answers_agree`) and the result is reported with
-:meth:`SemanticIndex.record_outcome`.
+The engine's part under an error bound (every door, through the pipeline): lookup asks
+:meth:`SemanticIndex.decide` for a :class:`SemanticDecision`; when it has a ``label`` (a
+candidate under the learned threshold, or a sampled would-be hit) the call is a miss and goes
+upstream, keeping :meth:`SemanticIndex.pending` on the call; the store stage, once the complete
+answer is accounted, hands it to :meth:`SemanticIndex.learn`, which compares it with the
+candidate's stored answer (:meth:`SemanticConfig.answers_agree`) and reports the outcome
+(:meth:`SemanticIndex.record_outcome`). A failed comparison never fails the call.
 
 numpy is needed (``pip install 'haikucache[semantic]'``); ``usearch`` optionally
 (``haikucache[ann]``) for an approximate index on very large partitions.
@@ -43,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
 import logging
 import math
 import random
@@ -78,10 +81,12 @@ __all__ = [
     "ErrorBound",
     "LangChainEmbedder",
     "LlamaIndexEmbedder",
+    "PendingOutcome",
     "SemanticConfig",
     "SemanticDecision",
     "SemanticIndex",
     "SemanticMatch",
+    "answer_text",
     "as_embedder",
     "calibrate_threshold",
     "check_guards",
@@ -1053,6 +1058,39 @@ class SemanticDecision:
     sampled: bool = False
 
 
+@dataclass(frozen=True)
+class PendingOutcome:
+    """A verification waiting for its call's upstream answer (see :meth:`SemanticIndex.learn`).
+
+    Attributes:
+        match: the labelled candidate.
+        answer: the candidate's stored answer, as text.
+        sampled: the candidate was a would-be hit checked by sampling.
+    """
+
+    match: SemanticMatch
+    answer: str
+    sampled: bool
+
+
+def answer_text(message: Mapping[str, Any]) -> str:
+    """The text of a Messages answer, for comparing two answers: its text blocks, and each
+    tool call as its name and canonical JSON input (thinking is left out)."""
+    parts: list[str] = []
+    content = message.get("content")
+    for block in content if isinstance(content, list) else ():
+        if not isinstance(block, Mapping):
+            continue
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            parts.append(block["text"])
+        elif block.get("type") == "tool_use":
+            parts.append(
+                f"{block.get('name')}: "
+                + json.dumps(block.get("input"), sort_keys=True, separators=(",", ":"))
+            )
+    return "\n".join(parts)
+
+
 class ErrorBound:
     """Learns, online, the least similarity whose semantic hits are wrong at most ``delta``.
 
@@ -1233,6 +1271,9 @@ class SemanticIndex:
             )
         # Which partition each entry is in (for a per-partition bound).
         self._owner: dict[str, str] = {}
+        #: Verified outcomes learned from upstream answers: ``{"right": n, "wrong": m,
+        #: "sampled": k}`` (``k`` of them were would-be hits checked by sampling).
+        self.outcomes: Counter[str] = Counter()
 
     def _partition(self, name: str) -> _Partition:
         with self._lock:
@@ -1334,8 +1375,10 @@ class SemanticIndex:
 
     def select(self, query: str, matches: Sequence[SemanticMatch]) -> SemanticMatch | None:
         """The best match above the threshold that passes every guard and verifier (and,
-        under an error bound, the learned threshold): what :meth:`decide` serves."""
-        return self.decide(query, matches).serve
+        under an error bound, the learned threshold): what :meth:`decide` serves, except a
+        verification sample (which must go upstream)."""
+        decision = self.decide(query, matches)
+        return None if decision.sampled else decision.serve
 
     def decide(self, query: str, matches: Sequence[SemanticMatch]) -> SemanticDecision:
         """Which candidate to serve, if any, and (under an error bound) which to check.
@@ -1381,6 +1424,40 @@ class SemanticIndex:
             self.bound.record(
                 match.similarity, correct, sampled=sampled, scope=self._scope(match.key)
             )
+
+    def pending(self, decision: SemanticDecision, cached: Mapping[str, Any]) -> PendingOutcome:
+        """What to check once the upstream answer of a call that ``decision`` labelled is in.
+
+        Args:
+            decision: a decision with a :attr:`~SemanticDecision.label`.
+            cached: the labelled candidate's stored answer (a Messages response).
+        """
+        assert decision.label is not None
+        return PendingOutcome(decision.label, answer_text(cached), decision.sampled)
+
+    def learn(self, pending: PendingOutcome, fresh: Mapping[str, Any]) -> bool | None:
+        """Compare a fresh upstream answer with the labelled candidate's stored answer and
+        report the outcome (:meth:`record_outcome`).
+
+        Returns whether they agreed, or ``None`` when nothing could be learned. Never
+        raises (not even with ``strict``): a failed verification is logged, and the call it
+        belongs to, which already has its fresh answer, goes on.
+        """
+        try:
+            ok = self.config.answers_agree(pending.answer, answer_text(fresh))
+            self.record_outcome(pending.match, ok, sampled=pending.sampled)
+        except Exception as exc:
+            logger.warning(
+                "haikucache: could not verify a semantic candidate (%s: %s); nothing learned",
+                type(exc).__name__,
+                exc,
+            )
+            return None
+        with self._lock:
+            self.outcomes["right" if ok else "wrong"] += 1
+            if pending.sampled:
+                self.outcomes["sampled"] += 1
+        return ok
 
     def learned_threshold(self, partition: str | None = None) -> float:
         """The error bound's current threshold (``config.threshold`` without a bound)."""
