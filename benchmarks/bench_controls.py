@@ -44,7 +44,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ import uuid
 from typing import Any
 
 import haikucache
+from _common import load_average, write_report
 from haikucache import (
     Budget,
     BudgetExceededError,
@@ -447,29 +447,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget_worker:
         budget_worker(*json.loads(args.budget_worker))
         return 0
-    load = os.getloadavg()
+    load = load_average()
     figures, notes = run(quick=args.quick, redis=not args.no_redis)
     print_table(figures, notes)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "figures": figures,
-                    "not_measured": notes,
-                    "targets": {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()},
-                    "missed": missed(figures),
-                    "machine": {
-                        "python": sys.version.split()[0],
-                        "platform": platform.platform(),
-                        "cpus": os.cpu_count(),
-                        "load_average_1m": {"start": load[0], "end": os.getloadavg()[0]},
-                        "haikucache": haikucache.__version__,
-                    },
-                    "quick": args.quick,
-                },
-                f,
-                indent=2,
-            )
+        write_report(
+            args.json,
+            figures,
+            TARGETS,
+            quick=args.quick,
+            load_at_start=load,
+            not_measured=notes,
+            missed=missed(figures),
+        )
     return 0
 
 

@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import http.client
 import json
-import platform
 import signal
 import statistics
 import subprocess
@@ -34,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import haikucache
+from _common import write_report
 from haikucache import Client, Engine, MemoryLedger, request_key
 from haikucache.testing import Emulator
 
@@ -288,21 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     figures.update(bench_loopback(2000 if args.quick else 6000))
     print_table(figures)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "figures": figures,
-                    "targets": {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()},
-                    "machine": {
-                        "python": sys.version.split()[0],
-                        "platform": platform.platform(),
-                        "haikucache": haikucache.__version__,
-                    },
-                    "quick": args.quick,
-                },
-                f,
-                indent=2,
-            )
+        write_report(args.json, figures, TARGETS, quick=args.quick)
     return 0
 
 

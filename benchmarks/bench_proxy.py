@@ -34,7 +34,6 @@ import contextlib
 import http.client
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -50,7 +49,7 @@ from typing import Any
 
 import httpx
 
-import haikucache
+from _common import load_average, write_report
 
 HEADERS = {
     "x-api-key": "bench-key",
@@ -505,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds = 300 if args.quick else 1500
     seconds = 3.0 if args.quick else 10.0
-    load = os.getloadavg()
+    load = load_average()
     home = tempfile.mkdtemp(prefix="haikucache-bench-proxy-")
     env = {**os.environ, "HAIKUCACHE_HOME": home}
     for name in ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
@@ -531,25 +530,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(home, ignore_errors=True)
     print_table(figures, notes)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "figures": figures,
-                    "not_measured": notes,
-                    "targets": {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()},
-                    "machine": {
-                        "python": sys.version.split()[0],
-                        "platform": platform.platform(),
-                        "cpus": os.cpu_count(),
-                        # Other work on the machine weighs on every figure.
-                        "load_average_1m": {"start": load[0], "end": os.getloadavg()[0]},
-                        "haikucache": haikucache.__version__,
-                    },
-                    "quick": args.quick,
-                },
-                f,
-                indent=2,
-            )
+        write_report(
+            args.json, figures, TARGETS, quick=args.quick, load_at_start=load, not_measured=notes
+        )
     return 0
 
 
