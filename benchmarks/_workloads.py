@@ -74,9 +74,11 @@ __all__ = [
     "load_bfcl",
     "load_mooncake_gaps",
     "load_tau",
+    "make_code_agent",
     "make_rag",
     "openai_to_anthropic",
     "openai_tools",
+    "parse_gaps",
     "sanitize_tool_name",
     "tau_openai_samples",
     "tau_requests",
@@ -84,17 +86,23 @@ __all__ = [
 
 MODEL = "claude-haiku-4-5"
 MAX_TOKENS = 1024
-# Mean session inter-arrival gap, in seconds; ``None`` = taken from the Mooncake trace.
+# Mean session inter-arrival gap, in seconds; ``None`` = ``burst``: session starts packed by
+# the Mooncake conversation trace's request-to-request deltas (~0.3 s), i.e. nearly all at once.
 GAPS: dict[str, float | None] = {
     "30s": 30.0,
     "3m": 180.0,
     "10m": 600.0,
     "30m": 1800.0,
     "2h": 7200.0,
-    "mooncake": None,
+    "burst": None,
 }
-# Think time between two calls of one session (an agent loop or a user typing).
-IN_SESSION_GAP = (2.0, 10.0)
+DEFAULT_GAPS: tuple[str, ...] = tuple(GAPS)
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+# Think time between two calls of one session. An agent step (the request after a tool
+# result) waits for the model and the tool: a few seconds. A human turn (the request after a
+# person's message) waits for them to read the answer and type: tens of seconds to minutes.
+TOOL_STEP_GAP = (2.0, 10.0)
+HUMAN_TURN_GAP = (8.0, 150.0)  # log-uniform
 
 Body = dict[str, Any]
 
@@ -131,11 +139,41 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def _offsets(name: str, n: int, seed: int) -> tuple[float, ...]:
+def gap_seconds(name: str) -> float | None:
+    """The mean gap of a regime name: ``"burst"``, or a number with ``s``, ``m`` or ``h``."""
+    if name in GAPS:
+        return GAPS[name]
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smh])", name)
+    if match is None:
+        raise ValueError(f"a gap is 'burst' or a number with s, m or h (e.g. 7m), not {name!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_gaps(text: str) -> tuple[str, ...]:
+    """``"7m,20m,burst"`` → ``("7m", "20m", "burst")``, each checked."""
+    names = tuple(g.strip() for g in text.split(",") if g.strip())
+    for name in names:
+        gap_seconds(name)
+    if not names:
+        raise ValueError("no gaps given")
+    return names
+
+
+def _after_tool(body: Mapping[str, Any]) -> bool:
+    last = body["messages"][-1]["content"]
+    return isinstance(last, list) and any(b.get("type") == "tool_result" for b in last)
+
+
+def _offsets(name: str, requests: Sequence[Mapping[str, Any]], seed: int) -> tuple[float, ...]:
     rng = random.Random(f"{seed}:offsets:{name}")
     out = [0.0]
-    for _ in range(n - 1):
-        out.append(out[-1] + rng.uniform(*IN_SESSION_GAP))
+    lo, hi = HUMAN_TURN_GAP
+    for body in requests[1:]:
+        if _after_tool(body):
+            step = rng.uniform(*TOOL_STEP_GAP)
+        else:
+            step = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        out.append(out[-1] + step)
     return tuple(out)
 
 
@@ -157,13 +195,15 @@ def session_starts(
     n: int, gap: str, *, seed: int, workload: str, mooncake: Sequence[float] = ()
 ) -> list[float]:
     """Start times (seconds from 0) of ``n`` sessions for the gap regime ``gap``."""
-    mean = GAPS[gap]
+    mean = gap_seconds(gap)
     starts = [0.0]
     if mean is None:
         if not mooncake:
-            raise ValueError("the mooncake regime needs the trace's gaps")
+            raise ValueError("the burst regime needs the Mooncake trace's gaps")
+        # Each seed reads the trace from a different place.
+        first = random.Random(f"{seed}:burst:{workload}").randrange(len(mooncake))
         for i in range(n - 1):
-            starts.append(starts[-1] + mooncake[i % len(mooncake)])
+            starts.append(starts[-1] + mooncake[(first + i) % len(mooncake)])
         return starts
     rng = random.Random(f"{seed}:arrivals:{workload}:{gap}")
     for _ in range(n - 1):
@@ -569,7 +609,7 @@ def load_tau(path: Path, *, runs: int | None = None, seed: int = 0) -> Workload:
         name = f"tau-{run['task_id']}-{run['trial']}"
         requests = tau_requests(run["traj"], TAU_AIRLINE_TOOLS)
         if requests:
-            sessions.append(Session(name, tuple(requests), _offsets(name, len(requests), seed)))
+            sessions.append(Session(name, tuple(requests), _offsets(name, requests, seed)))
     return Workload("tau_airline", tuple(sessions))
 
 
@@ -714,9 +754,7 @@ def continue_sessions(specs: Sequence[_MultiTurnSpec], *, seed: int) -> list[Ses
                 _append(messages, "assistant", content)
             if results:
                 _append(messages, "user", results)
-        sessions.append(
-            Session(spec.name, tuple(requests), _offsets(spec.name, len(requests), seed))
-        )
+        sessions.append(Session(spec.name, tuple(requests), _offsets(spec.name, requests, seed)))
     return sessions
 
 
@@ -819,8 +857,22 @@ def _document(rng: random.Random, tokens: int, tok: Tokenizer, title: str) -> st
     return "".join(parts)
 
 
-def make_rag(*, documents: int = 40, queries: int = 400, seed: int = 0) -> Workload:
-    """Synthetic long-document question answering with Zipf-like document popularity."""
+RAG_LAYOUTS = ("user", "system")
+
+
+def make_rag(
+    *, documents: int = 40, queries: int = 400, seed: int = 0, layout: str = "user"
+) -> Workload:
+    """Synthetic long-document question answering with Zipf-like document popularity.
+
+    ``layout="user"`` (``rag_user``): the document opens the user turn (a ``document`` block,
+    or for every other document a long text block), followed by the question; no peer marks
+    it. ``layout="system"`` (``rag_system``): the same documents and questions, with the
+    document as a second system block after the instructions — where a peer's system marker
+    lands on it.
+    """
+    if layout not in RAG_LAYOUTS:
+        raise ValueError(f"layout must be one of {RAG_LAYOUTS}")
     rng = random.Random(f"{seed}:rag")
     tok = Tokenizer()
     docs = []
@@ -836,22 +888,235 @@ def make_rag(*, documents: int = 40, queries: int = 400, seed: int = 0) -> Workl
         question = rng.choice(_QUESTIONS).format(
             topic=rng.choice(_TOPICS), section=rng.randint(1, 12)
         )
-        if d % 2 == 0:
-            doc_block: dict[str, Any] = {
-                "type": "document",
-                "source": {"type": "text", "media_type": "text/plain", "data": text},
-                "title": title,
+        if layout == "system":
+            system: Any = [
+                {"type": "text", "text": RAG_SYSTEM},
+                {"type": "text", "text": f'<document title="{title}">\n{text}\n</document>'},
+            ]
+            body = {
+                "model": MODEL,
+                "max_tokens": 512,
+                "system": system,
+                "messages": [{"role": "user", "content": question}],
             }
         else:
-            doc_block = {"type": "text", "text": f"<document>\n{text}\n</document>"}
-        body = _request(
-            RAG_SYSTEM,
-            [{"role": "user", "content": [doc_block, {"type": "text", "text": question}]}],
-            [],
-        )
-        body["max_tokens"] = 512
+            if d % 2 == 0:
+                doc_block: dict[str, Any] = {
+                    "type": "document",
+                    "source": {"type": "text", "media_type": "text/plain", "data": text},
+                    "title": title,
+                }
+            else:
+                doc_block = {"type": "text", "text": f"<document>\n{text}\n</document>"}
+            body = _request(
+                RAG_SYSTEM,
+                [{"role": "user", "content": [doc_block, {"type": "text", "text": question}]}],
+                [],
+            )
+            body["max_tokens"] = 512
         sessions.append(Session(f"rag-{q}", (body,), (0.0,)))
-    return Workload("rag", tuple(sessions))
+    return Workload(f"rag_{layout}", tuple(sessions))
+
+
+# --------------------------------------------------------------------------- synthetic agent
+
+CODE_AGENT_TOOLS: list[dict[str, Any]] = [
+    {
+        "name": "read_file",
+        "description": (
+            "Read a file of the repository and return its text with line numbers. Large files "
+            "are returned whole; ask for a line range to read less."
+        ),
+        "input_schema": _obj(
+            {
+                "path": _s("Path relative to the repository root, such as 'src/app/main.py'."),
+                "start_line": {"type": "integer", "description": "First line (1-based)."},
+                "end_line": {"type": "integer", "description": "Last line (inclusive)."},
+            },
+            required=["path"],
+        ),
+    },
+    {
+        "name": "grep",
+        "description": (
+            "Search the repository with a regular expression; returns every matching line as "
+            "path:line:text, up to 500 matches."
+        ),
+        "input_schema": _obj(
+            {
+                "pattern": _s("Regular expression, Python syntax."),
+                "glob": _s("Only files matching this glob, such as '**/*.py'."),
+            },
+            required=["pattern"],
+        ),
+    },
+    {
+        "name": "list_dir",
+        "description": "List a directory recursively to the given depth, with file sizes.",
+        "input_schema": _obj(
+            {"path": _s("Directory path."), "depth": {"type": "integer", "description": "1-4."}},
+            required=["path"],
+        ),
+    },
+    {
+        "name": "run_tests",
+        "description": (
+            "Run the test suite or a subset and return the runner's full output, including "
+            "tracebacks of failures."
+        ),
+        "input_schema": _obj({"selector": _s("Test path or -k expression; empty for all.")}),
+    },
+    {
+        "name": "edit_file",
+        "description": (
+            "Replace one exact occurrence of old_text with new_text in a file. Fails if "
+            "old_text is missing or ambiguous."
+        ),
+        "input_schema": _obj(
+            {
+                "path": _s("File to edit."),
+                "old_text": _s("Exact text to replace, with enough context to be unique."),
+                "new_text": _s("Replacement text."),
+            }
+        ),
+    },
+    {
+        "name": "run_command",
+        "description": "Run a shell command in the repository and return stdout and stderr.",
+        "input_schema": _obj({"command": _s("The command line."), "timeout": {"type": "integer"}}),
+    },
+]
+_AGENT_TASKS = (
+    "The {topic} job fails on the first run after a deploy. Find out why and fix it.",
+    "Add a retry with backoff around the {topic} client and cover it with a test.",
+    "Users report that {topic} reports are off by one day. Investigate and fix.",
+    "Refactor the {topic} module so that the parser and the writer are separate.",
+    "The {topic} endpoint is slow with large inputs. Profile it and make it faster.",
+)
+_CODE_WORDS = [
+    "def",
+    "class",
+    "return",
+    "self",
+    "import",
+    "from",
+    "if",
+    "else",
+    "elif",
+    "for",
+    "while",
+    "in",
+    "not",
+    "and",
+    "or",
+    "None",
+    "True",
+    "False",
+    "try",
+    "except",
+    "raise",
+    "with",
+    "as",
+    "yield",
+    "lambda",
+    "async",
+    "await",
+    "assert",
+    "del",
+    "pass",
+    "break",
+    "continue",
+    "config",
+    "client",
+    "request",
+    "response",
+    "payload",
+    "record",
+    "batch",
+    "cursor",
+    "session",
+    "schema",
+    "parser",
+    "writer",
+    "buffer",
+    "offset",
+    "limit",
+    "retry",
+    "timeout",
+    "deadline",
+    "handler",
+    "logger",
+    "metrics",
+    "cache",
+    "key",
+    "value",
+    "index",
+]
+
+
+def _code_text(rng: random.Random, tokens: int, tok: Tokenizer, header: str) -> str:
+    lines = [header]
+    count = tok.count(header)
+    n = 0
+    while count < tokens:
+        n += 1
+        indent = "    " * rng.randint(0, 3)
+        words = [rng.choice(_CODE_WORDS) for _ in range(rng.randint(3, 14))]
+        line = f"{n:5d}  {indent}{'_'.join(words[:2])}({', '.join(words[2:])})"
+        lines.append(line)
+        count += tok.count(line) + 1
+    return "\n".join(lines)
+
+
+def make_code_agent(*, sessions: int = 100, seed: int = 0) -> Workload:
+    """Synthetic coding-agent runs: long tool outputs (files, grep, test logs) in a tool loop.
+
+    A fixed ~3,500-token instruction prompt and six tools; each run is a task followed by 3–20
+    tool steps whose results run 300–6,000 tokens (log-uniform), then a final answer. Every
+    assistant turn is one call; a run of 20 steps is 40+ blocks long, so the 20-block lookback
+    of a tail marker matters.
+    """
+    rng = random.Random(f"{seed}:code-agent")
+    tok = Tokenizer()
+    system = _document(random.Random("code-agent-system"), 3_500, tok, "Coding agent guidelines")
+    out = []
+    for k in range(sessions):
+        topic = rng.choice(_TOPICS)
+        messages: list[dict[str, Any]] = [
+            {"role": "user", "content": rng.choice(_AGENT_TASKS).format(topic=topic)}
+        ]
+        requests: list[Body] = []
+        for step in range(rng.randint(3, 20)):
+            requests.append(_request(system, copy.deepcopy(messages), CODE_AGENT_TOOLS))
+            tool = rng.choice(CODE_AGENT_TOOLS[:4] + CODE_AGENT_TOOLS[5:])
+            call_id = f"toolu_agent_{seed}_{k}_{step}"
+            args = {"path": f"src/{topic.replace(' ', '_')}/part_{rng.randint(1, 40)}.py"}
+            if tool["name"] == "grep":
+                args = {"pattern": rng.choice(_CODE_WORDS) + r"\(", "glob": "**/*.py"}
+            elif tool["name"] in ("run_tests", "run_command"):
+                key = "selector" if tool["name"] == "run_tests" else "command"
+                args = {key: f"tests/test_{topic.replace(' ', '_')}.py"}
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "text", "text": f"Step {step + 1}: checking {args}."},
+                        {"type": "tool_use", "id": call_id, "name": tool["name"], "input": args},
+                    ],
+                }
+            )
+            size = int(math.exp(rng.uniform(math.log(300), math.log(6_000))))
+            result = _code_text(rng, size, tok, f"# {tool['name']} {json.dumps(args)}")
+            messages.append(
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": call_id, "content": result}],
+                }
+            )
+        requests.append(_request(system, copy.deepcopy(messages), CODE_AGENT_TOOLS))
+        name = f"agent-{k}"
+        out.append(Session(name, tuple(requests), _offsets(name, requests, seed)))
+    return Workload("code_agent", tuple(out))
 
 
 def openai_tools(tools: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -17,6 +17,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import itertools
+
 import _oracle
 import _strategies
 import _workloads
@@ -212,13 +214,41 @@ def test_arrivals_are_ordered_and_seeded() -> None:
     assert len(calls) == 40
     assert calls == _workloads.arrivals(workload, "3m", seed=1)
     assert calls != _workloads.arrivals(workload, "3m", seed=2)
-    moon = _workloads.arrivals(workload, "mooncake", seed=1, mooncake=[0.5, 1.5])
-    starts = sorted(t for t, _, r in moon if r == 0)
-    assert starts[:4] == [0.0, 0.5, 2.0, 2.5]
+    burst = _workloads.arrivals(workload, "burst", seed=1, mooncake=[0.5, 1.5])
+    starts = sorted(t for t, _, r in burst if r == 0)
+    # Session starts follow the trace's deltas, cycled, from a seeded place in the trace.
+    deltas = [round(b - a, 6) for a, b in itertools.pairwise(starts)]
+    assert set(deltas) == {0.5, 1.5} and all(a != b for a, b in itertools.pairwise(deltas))
+    assert max(starts) < 20.0  # twenty sessions in a burst of seconds
+    assert _workloads.arrivals(workload, "7m", seed=1) != _workloads.arrivals(
+        workload, "3m", seed=1
+    )
+
+
+def test_gap_names() -> None:
+    assert _workloads.gap_seconds("7m") == 420.0
+    assert _workloads.gap_seconds("1.5h") == 5400.0
+    assert _workloads.gap_seconds("burst") is None
+    assert _workloads.parse_gaps("7m, 20m,burst") == ("7m", "20m", "burst")
+    with pytest.raises(ValueError):
+        _workloads.parse_gaps("7 minutes")
+    assert _workloads.DEFAULT_GAPS == ("30s", "3m", "10m", "30m", "2h", "burst")
+
+
+def test_turns_inside_a_session_are_paced_by_what_they_wait_for() -> None:
+    requests = _workloads.tau_requests(TAU_TRAJECTORY, _workloads.TAU_AIRLINE_TOOLS)
+    offsets = _workloads._offsets("s", requests, seed=0)
+    steps = [b - a for a, b in itertools.pairwise(offsets)]
+    for body, step in zip(requests[1:], steps, strict=True):
+        low, high = (
+            _workloads.TOOL_STEP_GAP if _workloads._after_tool(body) else _workloads.HUMAN_TURN_GAP
+        )
+        assert low <= step <= high
 
 
 def test_rag_documents_are_long_and_deterministic() -> None:
     workload = _workloads.make_rag(documents=3, queries=6, seed=0)
+    assert workload.name == "rag_user"
     assert workload == _workloads.make_rag(documents=3, queries=6, seed=0)
     tok = Tokenizer()
     for session in workload.sessions:
@@ -228,6 +258,46 @@ def test_rag_documents_are_long_and_deterministic() -> None:
         text = doc["source"]["data"] if doc["type"] == "document" else doc["text"]
         assert 5_000 <= tok.count(text) <= 21_000
         assert question["type"] == "text" and len(question["text"]) < 200
+
+
+def test_both_rag_layouts_ask_the_same_questions_about_the_same_documents() -> None:
+    user = _workloads.make_rag(documents=3, queries=6, seed=4, layout="user")
+    system = _workloads.make_rag(documents=3, queries=6, seed=4, layout="system")
+    assert system.name == "rag_system"
+    for a, b in zip(user.sessions, system.sessions, strict=True):
+        (ua,), (sb,) = a.requests, b.requests
+        haikucache.validate_request(sb)
+        doc, question = ua["messages"][0]["content"]
+        text = doc["source"]["data"] if doc["type"] == "document" else doc["text"]
+        text = text.removeprefix("<document>\n").removesuffix("\n</document>")
+        instructions, document = sb["system"]
+        assert instructions["text"] == _workloads.RAG_SYSTEM
+        assert text.strip() in document["text"]
+        assert sb["messages"] == [{"role": "user", "content": question["text"]}]
+
+
+def test_the_code_agent_has_long_tool_outputs_and_long_sessions() -> None:
+    workload = _workloads.make_code_agent(sessions=6, seed=1)
+    assert workload == _workloads.make_code_agent(sessions=6, seed=1)
+    tok = Tokenizer()
+    longest = 0
+    for session in workload.sessions:
+        assert len(session.requests) >= 4
+        for body in session.requests:
+            haikucache.validate_request(body)
+        last = session.requests[-1]
+        results = [
+            b["content"]
+            for m in last["messages"]
+            for b in m["content"]
+            if isinstance(m["content"], list) and b["type"] == "tool_result"
+        ]
+        longest = max(longest, *(tok.count(r) for r in results))
+        # Each request is the previous one plus a tool call and its result.
+        for a, b in zip(session.requests, session.requests[1:], strict=False):
+            assert b["messages"][: len(a["messages"])] == a["messages"]
+    assert longest >= 2_000
+    assert max(len(s.requests) for s in workload.sessions) > 10  # beyond the 20-block lookback
 
 
 # --------------------------------------------------------------------------- peers
@@ -243,7 +313,9 @@ def _sample_bodies() -> list[dict[str, Any]]:
         "messages": messages,
     }
     rag = _workloads.make_rag(documents=1, queries=1, seed=0).sessions[0].requests[0]
-    return [*tau, bfcl, rag]
+    rag_system = _workloads.make_rag(documents=1, queries=1, seed=0, layout="system")
+    agent = _workloads.make_code_agent(sessions=1, seed=0).sessions[0].requests[-1]
+    return [*tau, bfcl, rag, rag_system.sessions[0].requests[0], agent]
 
 
 @pytest.mark.parametrize("name", list(_strategies.PEERS))
@@ -257,6 +329,112 @@ def test_peer_placements_are_valid_and_leave_the_request_alone(name: str) -> Non
         assert _strategies.count_markers(marked) <= 4
         answer = _post(Emulator(clock=ManualClock()), marked)
         assert answer.status == 200, answer.body
+
+
+def test_peers_at_their_best_setting() -> None:
+    body = _workloads.tau_requests(TAU_TRAJECTORY, _workloads.TAU_AIRLINE_TOOLS)[-1]
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    assert _strategies.anthropic_auto_1h(body)["cache_control"] == hour
+    marked = _strategies.langchain_mw_1h(body)
+    assert marked["cache_control"] == hour and marked["tools"][-1]["cache_control"] == hour
+    assert marked["system"][-1]["cache_control"] == hour
+    marked = _strategies.litellm_1h(body)
+    assert marked["system"][-1]["cache_control"] == hour
+    last = marked["messages"][-1]["content"][-1]
+    assert last["cache_control"] == {"type": "ephemeral"}  # the tail stays at 5 m
+
+
+def test_static_placements_are_legal_and_land_on_their_sites() -> None:
+    assert len(_strategies.STATIC_PLACEMENTS) == 48
+    assert len({_strategies.static_name(p) for p in _strategies.STATIC_PLACEMENTS}) == 48
+    tok = Tokenizer()
+    from haikucache.testing._request import parse_request
+
+    for body in _sample_bodies():
+        parsed = parse_request(body, version="2023-06-01", endpoint="messages", tokenizer=tok)
+        sites = _strategies.sites_of(parsed.blocks)
+        assert sites["tail"] == len(parsed.blocks) - 1
+        for placement in _strategies.STATIC_PLACEMENTS:
+            marked = _strategies.mark_static(body, placement, parsed.blocks)
+            answer = _post(Emulator(clock=ManualClock()), marked)
+            assert answer.status == 200, (placement, answer.body)
+    rag = _workloads.make_rag(documents=1, queries=1, seed=0).sessions[0].requests[0]
+    parsed = parse_request(rag, version="2023-06-01", endpoint="messages", tokenizer=tok)
+    assert parsed.blocks[_strategies.sites_of(parsed.blocks)["documents"]].path == (
+        "messages.0.content.0"
+    )
+
+
+@pytest.mark.parametrize("refresh", ["deepest", "path"])
+def test_the_replay_bills_exactly_what_the_emulator_bills(refresh: str) -> None:
+    workload = _tiny_workload()
+    prepared = bench_cost.prepare_workload(workload)
+    usd, oracle = bench_cost.replay_cell(workload, prepared, "3m", 0, (), refresh)
+    for name in ("none", "anthropic_auto", "litellm_1h", "static_system1h_tail5m", "static_tail1h"):
+        real = bench_cost.run_cell(workload, "3m", name, (), refresh=refresh)
+        assert real.usd == pytest.approx(usd[name], rel=1e-12), name
+    assert oracle <= min(usd.values()) * (1 + 1e-9)
+
+
+def test_the_refresh_rule_decides_whether_a_read_keeps_the_shorter_entries_alive() -> None:
+    tok = Tokenizer()
+    text = _workloads._document(random.Random(2), 5_000, tok, "Policy")
+
+    def body(turns: int) -> dict[str, Any]:
+        # The conversation grows: each turn repeats the previous request and adds to it.
+        messages: list[dict[str, Any]] = []
+        for t in range(turns + 1):
+            if t:
+                messages.append({"role": "assistant", "content": f"answer {t - 1}"})
+            messages.append({"role": "user", "content": f"question {t}"})
+        out = {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 16,
+            "system": [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}],
+            "messages": messages,
+        }
+        return {**out, "cache_control": {"type": "ephemeral"}}
+
+    reads = {}
+    for refresh in ("deepest", "path"):
+        clock = ManualClock()
+        emu = Emulator(clock=clock, refresh=refresh)
+        for turn in range(4):  # a conversation reading its tail every 2 minutes
+            assert _post(emu, body(turn)).status == 200
+            clock.advance(120)
+        # A new conversation 8 minutes after the system prompt was written: only a path
+        # refresh has kept that entry alive.
+        answer = _post(emu, {**body(0), "messages": [{"role": "user", "content": "other"}]})
+        reads[refresh] = answer.json()["usage"]["cache_read_input_tokens"]
+    assert reads["deepest"] == 0 and reads["path"] > 4096
+    with pytest.raises(ValueError):
+        Emulator(refresh="everything")
+
+
+def test_figures_name_every_strategy_and_cell() -> None:
+    tiny = _tiny_workload()
+    workloads = {(w, 0): _workloads.Workload(w, tiny.sessions) for w in bench_cost.WORKLOADS}
+    suite = bench_cost.Suite(workloads, [0.4, 0.2], (0,), ("30s", "burst"))
+    report = bench_cost.run(suite, workers=1)
+    figures = bench_cost.figures_of(report)
+    for prefix in ("", "refresh_path_"):
+        for w in bench_cost.WORKLOADS:
+            for g in ("30s", "burst"):
+                for s in bench_cost.ALL_STRATEGIES:
+                    assert figures[f"{prefix}{w}_{g}_usd_{s}"] > 0
+                assert (
+                    figures[f"{prefix}{w}_{g}_usd_static_best"]
+                    <= figures[f"{prefix}{w}_{g}_usd_none"]
+                )
+        for s in bench_cost.ALL_STRATEGIES:
+            assert f"{prefix}total_usd_{s}" in figures
+    assert not bench_cost.check_oracle(report)
+    assert max(report.replay_mismatches.values()) < 1e-9
+    assert report.output_mismatches == 0
+    assert {v.name for v in bench_cost.verdicts(figures, ("30s",))} >= {
+        "tau_airline_30s_ratio_static_best",
+        "refresh_path_total_ratio_oracle",
+    }
 
 
 def test_peer_placements_match_their_documentation() -> None:

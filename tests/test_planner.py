@@ -113,9 +113,13 @@ def test_snapshot_of_a_planned_agent_request() -> None:
     )
     planned = Planner(clock=ManualClock()).plan(body).body
     expected = copy.deepcopy(body)
-    # A plain-string system becomes one text block so it can carry the marker; the tail is
-    # marked; the tools prefix alone is under the 4,096-token minimum, so it is left alone.
-    expected["system"] = [{"type": "text", "text": POLICY, "cache_control": {"type": "ephemeral"}}]
+    # A plain-string system becomes one text block so it can carry the marker (1 h: a system
+    # prompt is expected to recur, and the hour costs 0.75× once where a lapsed 5-minute
+    # entry costs 1.25× each time); the tail is marked 5 m; the tools prefix alone is under
+    # the 4,096-token minimum, so it is left alone.
+    expected["system"] = [
+        {"type": "text", "text": POLICY, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    ]
     expected["messages"][2]["content"][0]["cache_control"] = {"type": "ephemeral"}
     assert json.dumps(planned, sort_keys=False) == json.dumps(expected, sort_keys=False)
 
@@ -385,20 +389,84 @@ def test_one_hour_ttl_when_a_prompt_recurs_every_ten_minutes(
         client.messages.create(**request([{"role": "user", "content": f"Question number {i}?"}]))
         ttls.append(markers(emulator.log[-1].body).get("system.0"))  # what went on the wire
         clock.advance(600)
-    assert ttls[0] == "5m"  # nothing known yet
-    assert set(ttls[2:]) == {"1h"}  # learned: reuses come every 10 minutes
-    # And it pays: the last calls read the system prompt instead of writing it again.
-    last = emulator.bill.entries[-1].usage
-    assert last["cache_read_input_tokens"] > 4096
+    # A system prompt is expected to recur: 1 h from the first write, so a reuse 10 minutes
+    # later reads it instead of writing it again.
+    assert set(ttls) == {"1h"}
+    written = [e.usage["cache_creation"]["ephemeral_1h_input_tokens"] for e in emulator.bill]
+    read = [e.usage["cache_read_input_tokens"] for e in emulator.bill]
+    assert written[0] > 4096 and all(r > 4096 for r in read[1:])
 
 
-def test_five_minutes_when_the_prompt_recurs_quickly(
+def test_a_prompt_that_stops_recurring_within_the_hour_is_no_longer_written_for_an_hour(
     client: Client, clock: ManualClock, emulator: Emulator
 ) -> None:
-    for i in range(5):
+    for i in range(4):
         client.messages.create(**request([{"role": "user", "content": f"Question {i}?"}]))
-        clock.advance(20)
-    assert markers(emulator.log[-1].body)["system.0"] == "5m"
+        clock.advance(3 * 3600)
+    # Three gaps of three hours: a 1 h write (2×) would never be read; the tail's 5 m entry
+    # writes the prefix anyway, so no 1-hour premium is paid for it.
+    assert markers(emulator.log[-1].body).get("system.0", "5m") == "5m"
+    assert emulator.bill.entries[-1].usage["cache_creation"]["ephemeral_1h_input_tokens"] == 0
+
+
+def _document(seed: int, words: int = 6000) -> str:
+    rng = random.Random(seed)
+    vocabulary = "ticket refund baggage flight crew lounge delay seat meal upgrade".split()
+    return f"Document {seed}. " + " ".join(rng.choice(vocabulary) for _ in range(words))
+
+
+def _rag(doc: str, question: str) -> dict[str, Any]:
+    return {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 64,
+        "system": [
+            {"type": "text", "text": "Answer from the document."},
+            {"type": "text", "text": doc},
+        ],
+        "messages": [{"role": "user", "content": question}],
+    }
+
+
+def test_a_new_document_in_a_slot_where_documents_return_gets_one_hour_from_its_first_write(
+    client: Client, clock: ManualClock, emulator: Emulator
+) -> None:
+    # Four documents, each asked about every 12 minutes (too late for a 5 m entry).
+    for round_ in range(4):
+        for d in range(4):
+            client.messages.create(**_rag(_document(d), f"Question {round_}?"))
+            clock.advance(180)
+    first = markers(emulator.log[0].body)
+    # Nothing was known of the slot at first: the document is not paid for.
+    assert "system.1" not in first or first["system.1"] == "5m"
+    # A document never seen before, in the slot the others taught: 1 h at its first write.
+    client.messages.create(**_rag(_document(99), "A new question?"))
+    assert markers(emulator.log[-1].body)["system.1"] == "1h"
+    usage = emulator.bill.entries[-1].usage
+    assert usage["cache_creation"]["ephemeral_1h_input_tokens"] > 4096
+    clock.advance(15 * 60)
+    client.messages.create(**_rag(_document(99), "And a second one?"))
+    assert emulator.bill.entries[-1].usage["cache_read_input_tokens"] > 4096
+
+
+def test_slots_learn_apart(clock: ManualClock) -> None:
+    """Two applications' document slots: one whose documents come back every 12 minutes,
+    one whose documents are never asked about twice. Each new document gets what its own
+    slot taught, not the average of both."""
+    planner = Planner(clock=clock)
+
+    def other(doc: str) -> dict[str, Any]:
+        body = _rag(doc, "A question?")
+        body["system"][0]["text"] = "Another application's instructions."
+        return body
+
+    for round_ in range(4):
+        for d in range(4):
+            planner.plan(_rag(_document(d), f"Question {round_}?"))
+            planner.plan(other(_document(1000 + 4 * round_ + d)))
+            clock.advance(180)
+    returning, one_off = planner.plan(_rag(_document(98), "?")), planner.plan(other(_document(99)))
+    assert markers(returning.body)["system.1"] == "1h"
+    assert markers(one_off.body).get("system.1") is None
 
 
 def test_no_marker_for_one_shot_long_documents() -> None:
@@ -558,6 +626,51 @@ def test_exact_counts_confirm_prefixes_near_the_minimum_once_each() -> None:
         assert ("system.0" in markers(plan.body)) == (exact >= 4096)
 
 
+def test_a_callers_markers_reach_the_api_unchanged_while_the_planner_learns(
+    clock: ManualClock,
+) -> None:
+    """Markers the caller placed anywhere (tools 1 h, a document 5 m, a short tail) are sent
+    as they are on every call, whatever the planner learns or adds around them."""
+    emulator = Emulator(clock=clock)
+    marks = {
+        "tools.1": {"type": "ephemeral", "ttl": "1h"},
+        "messages.0.content.0": {"type": "ephemeral", "ttl": "5m"},
+    }
+    with Client(
+        api_key="sk-test",
+        base_url="http://emulator.test",
+        transport=emulator.transport(),
+        engine=Engine(ledger=False, clock=clock, planner=Planner(clock=clock)),
+    ) as client:
+        for i in range(8):
+            body = request(
+                [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "text",
+                                "text": _document(i % 2, 3000),
+                                "cache_control": dict(marks["messages.0.content.0"]),
+                            },
+                            {"type": "text", "text": f"Question {i}?"},
+                        ],
+                    }
+                ],
+                tools=[TOOLS[0], {**TOOLS[1], "cache_control": dict(marks["tools.1"])}],
+            )
+            before = copy.deepcopy(body)
+            client.messages.create(**body)
+            assert body == before
+            sent = emulator.log[-1].body
+            for path, mark in marks.items():
+                assert dict(iter_cache_markers(sent))[f"{path}.cache_control"] == mark
+            # 1 h before 5 m: nothing the planner adds after the caller's 5 m marker is 1 h.
+            ttls = list(markers(sent).items())
+            assert ttls == sorted(ttls, key=lambda kv: kv[1] != "1h")
+            clock.advance(200 if i % 3 else 1500)
+
+
 def test_stats_can_be_shared_between_planners() -> None:
     stats = PrefixStats()
     clock = ManualClock()
@@ -566,6 +679,79 @@ def test_stats_can_be_shared_between_planners() -> None:
         (a if i % 2 else b).plan(request([{"role": "user", "content": f"q{i}"}]))
         clock.advance(900)
     assert markers(a.plan(request()).body)["system.0"] == "1h"
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk", "redis"])
+def test_stores_keep_shared_logs_in_order(
+    kind: str, tmp_path: Any, request: pytest.FixtureRequest
+) -> None:
+    from haikucache import DiskStore, MemoryStore, RedisStore
+
+    store: Any
+    if kind == "redis":
+        store = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{tmp_path.name}:")
+    else:
+        store = MemoryStore() if kind == "memory" else DiskStore(tmp_path)
+    assert store.read_log("planner:x", None)[0] == []
+    store.append_log("planner:x", [b"a", b"b"])
+    store.append_log("planner:y", [b"other"])
+    records, cursor = store.read_log("planner:x", None)
+    assert records == [b"a", b"b"]
+    store.append_log("planner:x", [b"c"])
+    assert store.read_log("planner:x", cursor)[0] == [b"c"]
+    store.close()
+
+
+def _learn_in_a_child(directory: str, start: float) -> None:
+    from haikucache import DiskStore
+    from haikucache._planner import SharedPrefixStats
+
+    clock = ManualClock(start)
+    planner = Planner(clock=clock, stats=SharedPrefixStats(DiskStore(directory)))
+    for round_ in range(4):
+        for d in range(4):
+            planner.plan(_rag(_document(d), f"Question {round_}?"))
+            clock.advance(180)
+
+
+def test_planners_in_other_processes_learn_as_one(tmp_path: Any) -> None:
+    """A worker process learns that documents in a slot come back within the hour; a planner
+    in another process, sharing the DiskStore, writes a new document for 1 h at once — and
+    one that does not share has to learn it again."""
+    import multiprocessing
+
+    from haikucache import DiskStore
+    from haikucache._planner import SharedPrefixStats
+
+    start = 1_763_632_800.0
+    child = multiprocessing.get_context("fork").Process(
+        target=_learn_in_a_child, args=(str(tmp_path), start)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    later = ManualClock(start + 16 * 180)
+    shared = Planner(clock=later, stats=SharedPrefixStats(DiskStore(tmp_path)))
+    alone = Planner(clock=later)
+    new_doc = _rag(_document(99), "A new question?")
+    assert markers(shared.plan(new_doc).body)["system.1"] == "1h"
+    assert markers(alone.plan(new_doc).body).get("system.1") != "1h"
+
+
+def test_a_failing_log_store_leaves_planning_alone(clock: ManualClock) -> None:
+    from haikucache._planner import SharedPrefixStats
+
+    class Down:
+        def append_log(self, name: str, records: Any) -> None:
+            return None  # a store that fails drops what it is given
+
+        def read_log(self, name: str, cursor: str | None) -> tuple[list[bytes], str]:
+            return [b"not json", b'["x", "s"]'], cursor or "0"
+
+    planner = Planner(clock=clock, stats=SharedPrefixStats(Down()))
+    plan = planner.plan(request())
+    validate_request(plan.body)
+    assert markers(plan.body)["system.0"] == "1h"
 
 
 def test_one_planner_is_safe_to_share_between_threads() -> None:

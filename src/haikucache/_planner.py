@@ -15,12 +15,15 @@ For each request the planner:
 2. finds the candidate boundaries — end of tools, end of system, end of large stable context
    (a long document or retrieved text), the conversation tail, and a *bridge* at the last
    prefix it knows is cached when that lies beyond the 20-block lookback of the tail;
-3. prices each candidate with what it has observed (policy ``adaptive``): how often the prefix
-   recurs and how far apart, or for the tail how often conversations continue and how soon.
-   A marker is placed only where its expected reads pay for its write premium, with the TTL
-   (5 m or 1 h) that makes the most of them — a 1-hour write pays off when reuses come more
-   than 5 minutes apart but within the hour — and none at all where a prefix is not expected
-   to recur;
+3. prices each candidate with what it has observed (policy ``adaptive``): for a shared prefix,
+   the share of sightings that come back within 5 minutes and within the hour — of this
+   prefix if it has a history of its own, else of its *slot* (its kind and position after the
+   prefix before it: "the document opening the user turn of this application"), else of its
+   kind — and for the tail how often conversations continue and how soon. A marker is placed
+   only where its expected reads pay for its write premium, with the TTL (5 m or 1 h) that
+   saves the most per sighting — a 1-hour write pays off when reuses come more than 5
+   minutes apart but within the hour — and none at all where a prefix is not expected to
+   recur;
 4. keeps every marker the caller placed, never exceeds 4 in total, keeps 1 h before 5 m,
    never marks an empty or thinking block, and changes nothing else in the request.
 
@@ -35,10 +38,11 @@ import json
 import logging
 import math
 import threading
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import xxhash
 
@@ -47,7 +51,7 @@ from ._clock import Clock, SystemClock
 from ._exceptions import ConfigurationError
 from ._wire import iter_cache_markers
 
-__all__ = ["Breakpoint", "Plan", "Planner", "PlannerPolicy", "PrefixStats"]
+__all__ = ["Breakpoint", "Plan", "Planner", "PlannerPolicy", "PrefixStats", "SharedPrefixStats"]
 
 logger = logging.getLogger("haikucache")
 
@@ -238,15 +242,85 @@ class _Record:
     gaps: deque[float] = field(default_factory=lambda: deque(maxlen=32))
 
 
+_SLOT_LOG = 256  # sightings remembered per slot
+
+
+class _Sightings:
+    """The recent sightings in one slot, each with the gap to its prefix's next sighting.
+
+    :meth:`rates` estimates the share of sightings whose prefix comes back within 5 minutes
+    and within an hour — what a fixed marker with that TTL would read (every other sighting
+    it would write). A sighting whose prefix has not come back yet counts for as long as it
+    has waited (a censored observation, Kaplan–Meier), so "asked about 20 minutes ago and not
+    since" is evidence from the start, and the first hour does not have to pass before a 1 h
+    TTL can be chosen; past the longest wait seen, the rate of return seen so far continues
+    the estimate.
+    """
+
+    __slots__ = ("_log", "_open")
+
+    def __init__(self) -> None:
+        self._log: deque[list[Any]] = deque(maxlen=_SLOT_LOG)  # [when, next gap or None, fp]
+        self._open: dict[int, list[Any]] = {}
+
+    def add(self, fp: int, now: float) -> None:
+        previous = self._open.get(fp)
+        if previous is not None and previous[1] is None:
+            previous[1] = max(0.0, now - previous[0])
+        if len(self._log) == self._log.maxlen:
+            oldest = self._log[0]
+            if self._open.get(oldest[2]) is oldest:
+                del self._open[oldest[2]]
+        entry = [now, None, fp]
+        self._log.append(entry)
+        self._open[fp] = entry
+
+    def rates(self, prior: Mapping[str, float], weight: float, now: float) -> dict[str, float]:
+        """Shares back within 5 m and 1 h, shrunk toward ``prior`` (worth ``weight``)."""
+        log = self._log
+        n = len(log)
+        if n == 0:
+            return dict(prior)
+        # At equal durations a return comes before a censored wait (the Kaplan–Meier rule).
+        events = sorted(
+            (e[1], False) if e[1] is not None else (max(0.0, now - e[0]), True) for e in log
+        )
+        horizon = events[-1][0]
+        survive, at_risk = 1.0, n
+        at: dict[str, float] = {}
+        for duration, censored in events:
+            for ttl, seconds in TTL_SECONDS.items():
+                if ttl not in at and duration > seconds:
+                    at[ttl] = survive
+            if not censored:
+                survive *= 1.0 - 1.0 / at_risk
+            at_risk -= 1
+        out = {}
+        for ttl, seconds in TTL_SECONDS.items():
+            if ttl in at:
+                s = at[ttl]
+            elif horizon <= 0.0 or survive <= 0.0:
+                s = survive
+            else:
+                # Nobody has waited that long yet: continue at the rate seen so far.
+                s = survive ** (seconds / horizon)
+            out[ttl] = (n * (1.0 - s) + weight * prior[ttl]) / (n + weight)
+        out["1h"] = max(out["1h"], out["5m"])
+        return out
+
+
 @dataclass
 class _Family:
     """What has been seen of one kind of boundary across many prefixes."""
 
     prior_recur: float
     prior_gap: float  # seconds, the typical reuse gap before anything is known
+    # Share of sightings repeated within each TTL, before anything is known (shared kinds).
+    prior_hits: Mapping[str, float] = field(default_factory=lambda: {"5m": 0.5, "1h": 0.8})
     recurred: int = 0  # prefixes (or tails) that were used again
     lapsed: int = 0  # prefixes (or tails) not used again within the longest TTL
     gaps: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    sightings: _Sightings = field(default_factory=_Sightings)
 
     def recur_rate(self) -> float:
         # Only settled cases count: a prefix seen a moment ago has not had its chance to
@@ -260,6 +334,7 @@ class _Family:
 # ended: tails are read within seconds in agent loops and within minutes in chats.
 _HORIZON = TTL_SECONDS["1h"]
 _TAIL_HORIZON = 600.0
+_TAIL_FIRST_HORIZON = 180.0
 
 
 class PrefixStats:
@@ -276,12 +351,17 @@ class PrefixStats:
         self._tails: OrderedDict[int, tuple[float, str]] = OrderedDict()
         self._alive: OrderedDict[int, tuple[float, str]] = OrderedDict()
         self._first_seen: deque[tuple[float, int]] = deque()
+        self._slots: OrderedDict[int, _Sightings] = OrderedDict()
         self._families = {
-            "tools": _Family(prior_recur=0.8, prior_gap=60.0),
+            # Applications keep one tool set, but a tool set differs from call to call in
+            # others (tools picked per request): the first sighting gets a 5 m entry.
+            "tools": _Family(prior_recur=0.8, prior_gap=60.0, prior_hits={"5m": 0.4, "1h": 0.6}),
             "system": _Family(prior_recur=0.8, prior_gap=60.0),
             # A long document may well be asked about once: until reuse is seen, assume it
             # comes too late for a 5-minute entry.
-            "context": _Family(prior_recur=0.5, prior_gap=600.0),
+            "context": _Family(
+                prior_recur=0.5, prior_gap=600.0, prior_hits={"5m": 0.2, "1h": 0.35}
+            ),
             # A conversation's first request, and a request that continues one.
             "tail_first": _Family(prior_recur=0.5, prior_gap=5.0),
             "tail": _Family(prior_recur=0.8, prior_gap=5.0),
@@ -298,22 +378,41 @@ class PrefixStats:
             if record is not None and record.count == 1:
                 self._families[record.kind].lapsed += 1
         tails = self._tails
-        cutoff = now - _TAIL_HORIZON
         while tails:
             fp, (when, kind) = next(iter(tails.items()))
-            if when >= cutoff:
+            if when >= now - self._tail_horizon(kind):
                 break
             del tails[fp]
             self._families[kind].lapsed += 1
 
+    def _tail_horizon(self, kind: str) -> float:
+        # A conversation is taken as ended once it has been quiet for three times the longest
+        # recent continuation (at least a minute, at most ten): agent loops continue within
+        # seconds, chats within minutes, and one-shot requests should be learned as such fast.
+        gaps = self._families[kind].gaps
+        if not gaps:
+            return _TAIL_FIRST_HORIZON
+        return min(_TAIL_HORIZON, max(60.0, 3.0 * max(gaps)))
+
     # -- observations -----------------------------------------------------------------
 
-    def sight(self, kind: str, fp: int, now: float) -> _Record:
-        """Record that a shared prefix (tools, system, context) was seen at ``now``."""
+    def sight(self, kind: str, fp: int, now: float, slot: int | None = None) -> _Record:
+        """Record that a shared prefix (tools, system, context) was seen at ``now``, in the
+        slot ``slot`` (a position of an application's prompt, see :meth:`hit_rates`)."""
         with self._lock:
             self._settle(now)
             record = self._prefixes.get(fp)
             family = self._families[kind]
+            family.sightings.add(fp, now)
+            if slot is not None:
+                seen = self._slots.get(slot)
+                if seen is None:
+                    seen = self._slots[slot] = _Sightings()
+                    if len(self._slots) > self._max:
+                        self._slots.popitem(last=False)
+                else:
+                    self._slots.move_to_end(slot)
+                seen.add(fp, now)
             if record is None:
                 record = self._prefixes[fp] = _Record(kind)
                 self._first_seen.append((now, fp))
@@ -335,14 +434,19 @@ class PrefixStats:
         with self._lock:
             self._settle(now)
             for index in range(len(fps) - 1, -1, -1):
-                seen = self._tails.pop(fps[index], None)
-                if seen is not None:
-                    when, kind = seen
-                    family = self._families[kind]
-                    family.recurred += 1
-                    family.gaps.append(max(0.0, now - when))
+                if self._extend(fps[index], now):
                     return index
             return None
+
+    def _extend(self, fp: int, now: float) -> bool:
+        seen = self._tails.pop(fp, None)
+        if seen is None:
+            return False
+        when, kind = seen
+        family = self._families[kind]
+        family.recurred += 1
+        family.gaps.append(max(0.0, now - when))
+        return True
 
     def add_tail(self, fp: int, now: float, kind: str = "tail") -> None:
         """Remember a request's tail, to learn whether (and how soon) a later one extends it."""
@@ -358,6 +462,12 @@ class PrefixStats:
             self._alive.move_to_end(fp)
             if len(self._alive) > self._max:
                 self._alive.popitem(last=False)
+
+    def sync(self) -> None:
+        """Take in what other processes observed (nothing to do for one process)."""
+
+    def flush(self) -> None:
+        """Hand this process's new observations to the others (nothing to do here)."""
 
     # -- questions --------------------------------------------------------------------
 
@@ -386,11 +496,115 @@ class PrefixStats:
         with self._lock:
             return self._prefixes.get(fp)
 
+    def hit_rates(self, kind: str, slot: int | None, now: float) -> dict[str, float]:
+        """The share of sightings whose prefix comes back within 5 m and within 1 h.
+
+        A *slot* is one position of one application's prompt — "the system block after these
+        tools", "the document that opens the first user turn" — whatever prefix fills it. A
+        new document in a slot where documents come back within the hour is written with a
+        1 h TTL from its first sighting; one in a slot of one-off documents is not written
+        at all. A slot with little history leans on its kind, and a kind on its prior.
+        """
+        with self._lock:
+            family = self._families[kind]
+            rates = family.sightings.rates(family.prior_hits, _PSEUDO, now)
+            seen = self._slots.get(slot) if slot is not None else None
+            if seen is not None:
+                rates = seen.rates(rates, _PSEUDO, now)
+            return rates
+
     def family(self, kind: str) -> tuple[float, list[float], float]:
         """(recurrence rate, recent gaps, prior gap) of a kind of boundary."""
         with self._lock:
             family = self._families[kind]
             return family.recur_rate(), list(family.gaps), family.prior_gap
+
+
+class LogStore(Protocol):
+    """A store that keeps shared append-only logs (``MemoryStore``, ``DiskStore``,
+    ``RedisStore``)."""
+
+    def append_log(self, name: str, records: Sequence[bytes]) -> None: ...
+
+    def read_log(self, name: str, cursor: str | None) -> tuple[list[bytes], str]: ...
+
+
+class SharedPrefixStats(PrefixStats):
+    """:class:`PrefixStats` shared by every planner that points at the same store: the
+    processes of one machine through a ``DiskStore``, many machines through a ``RedisStore``.
+
+    Every observation (a prefix sighted, a conversation tail left or continued, an entry
+    known to be cached) is applied here and appended to the store's log ``planner:<name>``;
+    each plan first replays what the other processes appended since, so eight workers behind
+    a load balancer learn each prefix and slot as one planner would, instead of each paying
+    to learn it. A store that fails is skipped: planning goes on with what is known here.
+
+    Args:
+        store: where the log lives.
+        name: the log's name; planners that should learn together share it.
+        max_prefixes: as for :class:`PrefixStats`.
+    """
+
+    def __init__(self, store: LogStore, *, name: str = "default", max_prefixes: int = 100_000):
+        super().__init__(max_prefixes=max_prefixes)
+        self._store = store
+        self._log = f"planner:{name}"
+        self._origin = uuid.uuid4().hex[:16]
+        self._outbox: list[bytes] = []
+        self._cursor: str | None = None
+        self._sync_lock = threading.Lock()
+
+    def _publish(self, *event: Any) -> None:
+        record = json.dumps([self._origin, *event], separators=(",", ":")).encode()
+        with self._sync_lock:
+            self._outbox.append(record)
+
+    def sight(self, kind: str, fp: int, now: float, slot: int | None = None) -> _Record:
+        record = super().sight(kind, fp, now, slot)
+        self._publish("s", kind, fp, now, slot)
+        return record
+
+    def find_extended_tail(self, fps: Sequence[int], now: float) -> int | None:
+        index = super().find_extended_tail(fps, now)
+        if index is not None:
+            self._publish("x", fps[index], now)
+        return index
+
+    def add_tail(self, fp: int, now: float, kind: str = "tail") -> None:
+        super().add_tail(fp, now, kind)
+        self._publish("t", fp, now, kind)
+
+    def mark_alive(self, fp: int, until: float, ttl: str) -> None:
+        super().mark_alive(fp, until, ttl)
+        self._publish("a", fp, until, ttl)
+
+    def flush(self) -> None:
+        with self._sync_lock:
+            out, self._outbox = self._outbox, []
+        if out:
+            self._store.append_log(self._log, out)
+
+    def sync(self) -> None:
+        self.flush()
+        with self._sync_lock:
+            records, self._cursor = self._store.read_log(self._log, self._cursor)
+        for raw in records:
+            try:
+                origin, op, *args = json.loads(raw)
+                if origin == self._origin:
+                    continue
+                if op == "s":
+                    PrefixStats.sight(self, args[0], int(args[1]), float(args[2]), args[3])
+                elif op == "x":
+                    with self._lock:
+                        self._settle(float(args[1]))
+                        self._extend(int(args[0]), float(args[1]))
+                elif op == "t":
+                    PrefixStats.add_tail(self, int(args[0]), float(args[1]), str(args[2]))
+                elif op == "a":
+                    PrefixStats.mark_alive(self, int(args[0]), float(args[1]), str(args[2]))
+            except (ValueError, TypeError, IndexError, KeyError):
+                logger.debug("haikucache: skipped a malformed planner record %r", raw[:80])
 
 
 # --------------------------------------------------------------------------- plans
@@ -495,9 +709,11 @@ class _Candidate:
     reason: str = ""
     live: bool = False  # the prefix is already cached: marking it reads, it writes nothing
     eligible: bool = False  # long enough to be cached at all
+    slot: int | None = None  # the position it fills in the application's prompt
 
 
 _PSEUDO = 3.0  # weight of the prior, in observations
+_OWN_PSEUDO = 2.0  # weight of the slot, in observations, against a prefix's own gaps
 _MIN_GAIN = 0.15  # expected saving per token a paid cache write must promise
 
 
@@ -509,6 +725,16 @@ def _p_within(gaps: Sequence[float], seconds: float, prior: float) -> float:
     """
     hits = sum(1 for g in gaps if g <= seconds)
     return (hits + _PSEUDO * prior) / (len(gaps) + _PSEUDO)
+
+
+def _slot(blocks: list[_Block], c: _Candidate) -> int:
+    """The slot a candidate fills: its kind and position (section, index, role) after the
+    prefix before it — "the system block after these tools", "the document opening the
+    first user turn after this system prompt" — whatever text fills it today."""
+    i = blocks.index(c.block)
+    before = blocks[i - 1].fp if i else 0
+    shape = f"{c.kind}:{c.block.section}:{c.block.path[1:]}:{c.block.role}"
+    return xxhash.xxh3_64_intdigest(shape.encode(), seed=before)
 
 
 class Planner:
@@ -567,6 +793,7 @@ class Planner:
         blocks, raws = _flatten(body, info.name if info else model)
         if not blocks:
             return Plan(dict(body), [], [], self.policy, model, min_tokens, 0)
+        self.stats.sync()
         self._buster.see(blocks, raws)
         total = blocks[-1].cum
 
@@ -589,13 +816,18 @@ class Planner:
         continuing = extended is not None or any(b.role == "assistant" for b in blocks)
         tail_kind = "tail" if continuing else "tail_first"
         candidates = self._candidates(blocks, auto, extended, tail_kind, now, skipped)
+        for c in candidates:
+            if c.kind in ("tools", "system", "context"):
+                c.slot = _slot(blocks, c)
         # Price from the tail backwards: a marker whose tokens a later marker writes anyway
-        # costs no write premium of its own.
+        # costs no write premium of its own — at 1 h if any later marker writes 1 h (the API
+        # bills everything up to the last 1 h breakpoint at the 1 h rate, and a 5 m marker
+        # may not come before it).
         later_write: str | None = None
         for c in sorted(candidates, key=lambda c: c.block.cum, reverse=True):
             self._price(c, body, min_tokens, now, skipped, later_write, covered)
             if c.ttl is not None and not c.live:
-                later_write = later_write or c.ttl
+                later_write = "1h" if "1h" in (c.ttl, later_write) else "5m"
         chosen = self._choose(candidates, slots, caller, skipped)
         # Learn from this request only after pricing it, so it does not count as its own
         # evidence; and only from prefixes long enough to be cached at all — how often a
@@ -603,9 +835,10 @@ class Planner:
         if not covered:
             for c in candidates:
                 if c.eligible and c.kind in ("tools", "system", "context"):
-                    self.stats.sight(c.kind, c.block.fp, now)
+                    self.stats.sight(c.kind, c.block.fp, now, c.slot)
         if tail is not None and tail.cum >= min_tokens * _MARK_FROM:
             self.stats.add_tail(tail.fp, now, tail_kind)
+        self.stats.flush()
 
         plan_body = self._apply(body, chosen)
         plan = Plan(
@@ -673,7 +906,11 @@ class Planner:
             )
             if stable is not None:
                 out.append(_Candidate(stable, "system"))
-            out.append(_Candidate(last_system, "system"))
+            # A system block after the first is as likely per-call context (a document, a
+            # date, retrieved passages) as more of the prompt: it starts with the
+            # expectations of context and learns its own.
+            first = next(b for b in blocks if b.section == "system")
+            out.append(_Candidate(last_system, "system" if last_system is first else "context"))
         # The last large block before the tail: a document or retrieved context.
         context = None
         for b in blocks:
@@ -752,47 +989,54 @@ class Planner:
             return _p_within(fam_gaps, seconds, exponential)
 
         seen = 0
-        gaps: list[float] = []
-        if c.kind in ("tail", "tail_first"):
-            p, single_use = fam_p, True
-            within = family_within
+        single_use = c.kind in ("tail", "tail_first")
+        if single_use:
+            p, within = fam_p, family_within
         else:
-            single_use = False
+            # What a fixed marker in this slot would have read: the share of sightings that
+            # repeated their prefix within the TTL. A prefix with a history of its own
+            # leans on its own gaps (this arrival's too, unless it only continues a cached
+            # conversation) rather than on its slot's.
             record = self.stats.record(c.block.fp)
-            if record is None:
-                p = fam_p
-                within = family_within
-            else:
-                # Seen before and here again: it recurs. Its own gaps say how soon (this
-                # arrival's too, unless it only continues a cached conversation).
+            p, rates = 1.0, self.stats.hit_rates(c.kind, c.slot, now)
+            gaps: list[float] = []
+            if record is not None:
                 seen = record.count
-                p = (record.count + 2 * fam_p) / (record.count + 2)
                 gaps = list(record.gaps)
                 if not covered:
                     gaps.append(max(0.0, now - record.last))
 
-                def within(seconds: float) -> float:
-                    return _p_within(gaps, seconds, family_within(seconds))
+            def within(seconds: float) -> float:
+                # One prefix comes back at its own steady rate (exponential gaps, rate =
+                # returns ÷ time they took), so a document asked about every two minutes
+                # is expected back within the hour even when no gap over 5 m was seen.
+                slot_rate = rates["5m" if seconds <= TTL_SECONDS["5m"] else "1h"]
+                if not gaps:
+                    return slot_rate
+                own = 1.0 - math.exp(-seconds * len(gaps) / max(1e-9, sum(gaps)))
+                return (len(gaps) * own + _OWN_PSEUDO * slot_rate) / (len(gaps) + _OWN_PSEUDO)
 
         premium = dict(WRITE_PREMIUM)
         if later_write == "5m":
             premium = {"5m": 0.0, "1h": WRITE_PREMIUM["1h"] - WRITE_PREMIUM["5m"]}
         elif later_write == "1h":
             premium = {"1h": 0.0}  # a 5m marker may not come before a 1h one
-        if not single_use and len(gaps) < 2 and premium.get("1h", 0.0) > 0:
-            # A 1-hour write costs four times a 5-minute one: wait for the prefix to show
-            # its rhythm (two gaps of its own) before paying for one.
-            premium.pop("1h")
-        best: tuple[float, str | None] = (0.0, None)
+        best: tuple[float, float, str | None] = (0.0, 0.0, None)
         for option, cost in premium.items():
             q = p * within(TTL_SECONDS[option])
+            # A shared prefix is read at every sighting its entry survives to (each read
+            # refreshes it): q / (1 − q) reads per write. A tail is read once, by the turn
+            # that continues it.
             reads = q if single_use else min(q / max(1e-9, 1 - q), 50.0)
             gain = reads * READ_SAVING - cost
+            # TTLs are compared by what a marker with each saves per sighting (a longer one
+            # writes less often), the way a fixed placement would be judged afterwards.
+            per_sighting = gain if single_use else gain * (1 - min(q, 1 - 1 / 51))
             # A write that only breaks even in expectation loses as often as it wins: demand
             # a margin before paying a premium (a free marker needs none).
-            if gain > best[0] + 1e-12 and (cost == 0.0 or gain >= _MIN_GAIN):
-                best = (gain, option)
-        gain, ttl = best
+            if per_sighting > best[0] + 1e-12 and (cost == 0.0 or gain >= _MIN_GAIN):
+                best = (per_sighting, gain, option)
+        _, gain, ttl = best
         if ttl is None:
             c.reason = (
                 "not expected to recur soon enough to pay for a cache write"
@@ -960,6 +1204,7 @@ class Planner:
             fp = plan._fps.get(b.path)
             if fp is not None and b.prefix_tokens >= plan.min_tokens * _CONFIRM_BELOW:
                 self.stats.mark_alive(fp, now + TTL_SECONDS[b.ttl], b.ttl)
+        self.stats.flush()
         self._buster.feedback(plan, read, written)
 
 

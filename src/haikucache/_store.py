@@ -765,6 +765,8 @@ class MemoryStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStor
         self._locks: dict[str, tuple[str, float]] = {}
         self._seq = 0
         self._partition_seq: dict[str, int] = {}
+        self._logs: dict[str, list[bytes]] = {}
+        self._log_dropped: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(max_entries={self.max_entries!r})"
@@ -942,6 +944,26 @@ class MemoryStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStor
     def close(self) -> None:
         """Nothing to release; the entries stay readable."""
 
+    def append_log(self, name: str, records: Sequence[bytes]) -> None:
+        """Append ``records`` to the shared log ``name`` (the planner's observations)."""
+        with self._lock:
+            log = self._logs.setdefault(name, [])
+            log.extend(records)
+            if len(log) > _LOG_LIMIT:
+                # Readers keep a position: trimming counts what was dropped.
+                drop = len(log) - _LOG_LIMIT
+                del log[:drop]
+                self._log_dropped[name] = self._log_dropped.get(name, 0) + drop
+
+    def read_log(self, name: str, cursor: str | None) -> tuple[list[bytes], str]:
+        """The records appended to ``name`` after ``cursor`` (``None``: all), and the new
+        cursor."""
+        with self._lock:
+            log = self._logs.get(name, [])
+            dropped = self._log_dropped.get(name, 0)
+            start = max(0, (int(cursor) if cursor else 0) - dropped)
+            return list(log[start:]), str(dropped + len(log))
+
 
 # --------------------------------------------------------------------------- disk
 
@@ -962,6 +984,15 @@ _INDEX_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS locks ("
     " name TEXT PRIMARY KEY, token TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",
 )
+
+
+# Shared logs (the planner's observations), apart from the index schema above: created on
+# first use, so a store that never shares planner statistics never has the table.
+_LOG_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS logs ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, record BLOB NOT NULL)"
+)
+_LOG_LIMIT = 100_000  # records kept per log; a reader further behind skips the oldest
 
 
 class _SQLiteIndex:
@@ -1389,6 +1420,47 @@ class DiskStore(_LocalAsyncMixin, _BaseStore, ResponseStore, AsyncResponseStore)
             if e is None or e > now
         ]
         return members, str(rows[-1][0]) if rows else cursor
+
+    def append_log(self, name: str, records: Sequence[bytes]) -> None:
+        """Append ``records`` to the shared log ``name`` (the planner's observations), for
+        every process on this machine; a failure drops them."""
+        if self._index is None or not records:
+            return
+        try:
+            self._log_table()
+            with self._index.write() as con:
+                con.executemany(
+                    "INSERT INTO logs (name, record) VALUES (?, ?)", [(name, r) for r in records]
+                )
+                last = con.execute("SELECT max(seq) FROM logs").fetchone()[0] or 0
+                if last % 1000 < len(records):  # now and then, keep the newest records
+                    con.execute(
+                        "DELETE FROM logs WHERE name = ? AND seq <= ?", (name, last - _LOG_LIMIT)
+                    )
+        except Exception as exc:
+            self._failed("log append", exc)
+
+    def _log_table(self) -> None:
+        if not getattr(self, "_log_ready", False) and self._index is not None:
+            self._index.execute(_LOG_SCHEMA)
+            self._log_ready = True
+
+    def read_log(self, name: str, cursor: str | None) -> tuple[list[bytes], str]:
+        """The records appended to ``name`` after ``cursor`` (``None``: all), and the new
+        cursor; nothing on a failure."""
+        after = int(cursor) if cursor else 0
+        if self._index is None:
+            return [], str(after)
+        try:
+            self._log_table()
+            rows = self._index.read(
+                "SELECT seq, record FROM logs WHERE name = ? AND seq > ? ORDER BY seq",
+                (name, after),
+            )
+        except Exception as exc:
+            self._failed("log read", exc)
+            return [], str(after)
+        return [bytes(r) for _, r in rows], str(rows[-1][0] if rows else after)
 
     def try_lock(self, name: str, *, ttl: float) -> str | None:
         _check_ttl("ttl", ttl)
@@ -1856,6 +1928,36 @@ class RedisStore(_BaseStore, ResponseStore, AsyncResponseStore):
                 )
             )
         return out, records[-1][0].decode()
+
+    def append_log(self, name: str, records: Sequence[bytes]) -> None:
+        """Append ``records`` to the shared log ``name`` (a stream ``hc:log:<name>``, the
+        planner's observations), for every process and machine; a failure drops them."""
+        if self._skipping() or not records:
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for record in records:
+                pipe.xadd(
+                    f"{self.prefix}log:{name}", {b"r": record}, maxlen=_LOG_LIMIT, approximate=True
+                )
+            pipe.execute()
+        except Exception as exc:
+            self._error("log append", exc)
+
+    def read_log(self, name: str, cursor: str | None) -> tuple[list[bytes], str]:
+        """The records appended to ``name`` after ``cursor`` (``None``: all), and the new
+        cursor; nothing on a failure."""
+        after = cursor or "0-0"
+        if self._skipping():
+            return [], after
+        try:
+            found = self._client.xrange(f"{self.prefix}log:{name}", f"({after}", "+")
+        except Exception as exc:
+            self._error("log read", exc)
+            return [], after
+        if not found:
+            return [], after
+        return [fields[b"r"] for _, fields in found], found[-1][0].decode()
 
     def try_lock(self, name: str, *, ttl: float) -> str | None:
         _check_ttl("ttl", ttl)

@@ -231,7 +231,11 @@ def test_usage_metadata_reports_prompt_cache_reads(
     details1 = first.usage_metadata["input_token_details"]  # type: ignore[index]
     details2 = second.usage_metadata["input_token_details"]  # type: ignore[index]
     assert details1.get("cache_read", 0) == 0
-    assert details1.get("ephemeral_5m_input_tokens", 0) + details1.get("cache_creation", 0) > 4000
+    written = sum(
+        details1.get(kind, 0)
+        for kind in ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens", "cache_creation")
+    )
+    assert written > 4000  # the prefix was written (at the TTL the planner chose)
     assert details2["cache_read"] > 4000
     info = second.response_metadata["haikucache"]
     assert info["savings"]["prompt_cache_read"] > 0
