@@ -264,14 +264,20 @@ def bench_cache_aware(minutes: float) -> dict[str, float]:
 # --------------------------------------------------------------------------- budgets
 
 
-def budget_worker(url: str, prefix: str, cap: float, start_at: float, seed: int) -> None:
+def budget_worker(url: str, prefix: str, cap: float, seed: int) -> None:
     """One of the 8 processes: call until the shared budget refuses ``refusals`` times."""
+    import redis
+
     emu = Emulator(seed=seed)
     budgets = Budgets([Budget(cap)], backend=haikucache.RedisBudgetBackend(url, prefix=prefix))
     answered = refused = 0
     with client(emu, Controls(budgets=budgets)) as c:
-        while time.time() < start_at:
-            time.sleep(0.005)
+        # Ready, then wait for the others: all of them start hammering together.
+        gate = redis.Redis.from_url(url)
+        gate.set(f"{prefix}ready:{seed}", 1)
+        while not gate.exists(f"{prefix}go"):
+            time.sleep(0.002)
+        gate.close()
         while refused < 20:
             try:
                 c.messages.create(**ask(f"Process {seed}, question {answered}?"))
@@ -286,6 +292,22 @@ def budget_worker(url: str, prefix: str, cap: float, start_at: float, seed: int)
     )
 
 
+def _start_together(url: str, prefix: str, processes: int, timeout: float = 300.0) -> None:
+    """Wait until every worker is ready (imports done, connected), then let them all go."""
+    import redis
+
+    gate = redis.Redis.from_url(url)
+    deadline = time.monotonic() + timeout
+    try:
+        while sum(gate.exists(f"{prefix}ready:{seed}") for seed in range(processes)) < processes:
+            if time.monotonic() > deadline:
+                break  # a worker died: its exit code says why
+            time.sleep(0.01)
+        gate.set(f"{prefix}go", 1)
+    finally:
+        gate.close()
+
+
 def bench_budget(cap: float, processes: int = 8) -> tuple[dict[str, float], str]:
     from haikucache.testing import start_redis_server
 
@@ -296,7 +318,6 @@ def bench_budget(cap: float, processes: int = 8) -> tuple[dict[str, float], str]
             return {}, str(exc)
         try:
             prefix = f"bench{uuid.uuid4().hex[:8]}:"
-            start_at = time.time() + 6.0  # all 8 imported and ready: they start together
             env = {**os.environ, "HAIKUCACHE_HOME": home}
             workers = [
                 subprocess.Popen(
@@ -304,7 +325,7 @@ def bench_budget(cap: float, processes: int = 8) -> tuple[dict[str, float], str]
                         sys.executable,
                         os.path.abspath(__file__),
                         "--budget-worker",
-                        json.dumps([server.url, prefix, cap, start_at, seed]),
+                        json.dumps([server.url, prefix, cap, seed]),
                     ],
                     stdout=subprocess.PIPE,
                     text=True,
@@ -312,6 +333,7 @@ def bench_budget(cap: float, processes: int = 8) -> tuple[dict[str, float], str]
                 )
                 for seed in range(processes)
             ]
+            _start_together(server.url, prefix, processes)
             results: list[dict[str, Any]] = []
             for worker in workers:
                 out, _ = worker.communicate(timeout=600)

@@ -347,7 +347,8 @@ def test_a_dead_redis_fails_closed(clock: ManualClock) -> None:
 
 _HAMMER = textwrap.dedent(
     """
-    import json, random, sys
+    import json, random, sys, time
+    import redis
     from haikucache._budget import Budget, Budgets, RedisBudgetBackend
     from haikucache._exceptions import BudgetExceededError
 
@@ -355,6 +356,11 @@ _HAMMER = textwrap.dedent(
     rng = random.Random(seed)
     budgets = Budgets([Budget(0.5, period="day"), Budget(0.2, namespace="*")],
                       backend=RedisBudgetBackend(url, prefix=prefix))
+    # Every process starts hammering at once: none finds the budget spent before it began.
+    gate = redis.Redis.from_url(url)
+    gate.set(f"{prefix}ready:{seed}", 1)
+    while not gate.exists(f"{prefix}go"):
+        time.sleep(0.002)
     admitted = refused = 0
     while refused < 40:
         namespace = f"ns{rng.randrange(4)}"
@@ -375,6 +381,8 @@ _HAMMER = textwrap.dedent(
 
 
 def test_eight_processes_hammering_one_budget_never_overspend(redis_url: str) -> None:
+    import redis
+
     prefix = f"mp{uuid.uuid4().hex[:8]}:"
     workers = [
         subprocess.Popen(
@@ -384,6 +392,13 @@ def test_eight_processes_hammering_one_budget_never_overspend(redis_url: str) ->
         )
         for seed in range(8)
     ]
+    gate = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 120
+    while sum(gate.exists(f"{prefix}ready:{seed}") for seed in range(8)) < 8:
+        assert time.monotonic() < deadline, "the workers never got ready"
+        time.sleep(0.01)
+    gate.set(f"{prefix}go", 1)
+    gate.close()
     admitted = []
     for worker in workers:
         out, _ = worker.communicate(timeout=300)
