@@ -88,7 +88,7 @@ from ._ledger import (
 )
 from ._limits import BatchLimits, RateLimiter, RateLimits, RedisLimiterBackend
 from ._pipeline import Outcome, Pipeline, Reply, StreamTap
-from ._planner import Breakpoint, Plan, Planner, PlannerPolicy, PrefixStats
+from ._planner import Breakpoint, Plan, Planner, PlannerPolicy, PrefixStats, SharedPrefixStats
 from ._semantic import (
     DEFAULT_THRESHOLD,
     AsyncEmbedder,
@@ -226,6 +226,7 @@ __all__ = [
     "ResumeReport",
     "SemanticConfig",
     "SemanticDecision",
+    "SharedPrefixStats",
     "StoreStats",
     "StreamTap",
     "SyncPage",

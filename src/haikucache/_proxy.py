@@ -59,6 +59,7 @@ from ._exceptions import (
 )
 from ._limits import RateLimiter, RateLimits, RedisLimiterBackend
 from ._pipeline import Outcome, Reply, StreamTap
+from ._planner import Planner, SharedPrefixStats
 from ._sdk_door import (
     NAMESPACE_HEADER,
     Door,
@@ -487,6 +488,15 @@ def _build_controls(config: ProxyConfig) -> Controls | None:
     )
 
 
+def _planner(config: ProxyConfig, store: ResponseStore | None) -> Planner | str:
+    """Replicas (or workers) sharing a store learn prefixes together: the planner's
+    statistics go through the store's log, so N processes cost what one does."""
+    shared = config.workers > 1 or config.store.startswith(("redis://", "rediss://", "unix://"))
+    if shared and store is not None and callable(getattr(store, "append_log", None)):
+        return Planner(stats=SharedPrefixStats(store))  # type: ignore[arg-type]
+    return "adaptive"
+
+
 def _check_store_spec(spec: str) -> None:
     if not isinstance(spec, str) or not spec:
         raise ConfigurationError("store must be memory, disk, none, a redis:// URL or a directory")
@@ -664,9 +674,11 @@ class _Proxy:
 
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
+        store = _build_store(config.store)
         self.door = Door(
             Engine(
-                store=_build_store(config.store),
+                store=store,
+                planner=_planner(config, store),
                 ledger=None if config.ledger else False,
                 cache_ttl=config.cache_ttl,
                 controls=_build_controls(config),
