@@ -915,3 +915,25 @@ def test_the_proxy_falls_back_to_another_upstream(
         )
         assert reply.status_code == 200, reply.text
         assert len(backup.log) == 1 and backup.log[0].headers["x-api-key"] == "sk-a"
+
+
+def test_a_virtual_key_has_its_own_share_of_the_rate_limits(
+    start_proxy: Callable[..., ProxyServer],
+    monkeypatch: pytest.MonkeyPatch,
+    emulator: Emulator,
+    upstream: str,
+) -> None:
+    monkeypatch.setenv("TEAM_UPSTREAM_KEY", "sk-ant-upstream-secret")
+    keys = {
+        "hc-small": {"upstream_key_env": "TEAM_UPSTREAM_KEY", "namespace": "small", "rpm": 1},
+        "hc-large": {"upstream_key_env": "TEAM_UPSTREAM_KEY", "namespace": "large"},
+    }
+    proxy = start_proxy(upstream=upstream, keys=keys, rpm=100, limit_wait=0)
+    url = f"{proxy.base_url}/v1/messages"
+
+    def status(key: str, text: str) -> int:
+        return httpx.post(url, json=ask(text), headers=key_headers(key)).status_code
+
+    assert [status("hc-small", f"Small {i}") for i in range(2)] == [200, 429]
+    assert [status("hc-large", f"Large {i}") for i in range(3)] == [200, 200, 200]
+    assert len(emulator.log) == 4

@@ -108,12 +108,16 @@ class Controls:
             platform; doors that send their own HTTP — the client, the decorator, LlamaIndex,
             the batcher's realtime calls, the proxy — can reach one). An answer is
             accounted, priced and cached under the model that gave it.
+        tenant_limiter: a second limiter every call must also pass (a tenant's own share
+            of the organisation's limits, e.g. a proxy's virtual key); learned headers go to
+            ``limiter`` only, since the API's limits are the organisation's.
         wait: seconds a call may wait for the rate limiter (``None``: as long as needed;
             ``0``: refuse at once).
     """
 
     budgets: Budgets | None = None
     limiter: RateLimiter | None = None
+    tenant_limiter: RateLimiter | None = None
     breaker: CircuitBreaker | None = None
     fallback: Sequence[Fallback] = ()
     wait: float | None = 30.0
@@ -121,10 +125,10 @@ class Controls:
     def __post_init__(self) -> None:
         if self.budgets is not None and not isinstance(self.budgets, Budgets):
             raise ConfigurationError(f"budgets must be a haikucache.Budgets, got {self.budgets!r}")
-        if self.limiter is not None and not isinstance(self.limiter, RateLimiter):
-            raise ConfigurationError(
-                f"limiter must be a haikucache.RateLimiter, got {self.limiter!r}"
-            )
+        for name in ("limiter", "tenant_limiter"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, RateLimiter):
+                raise ConfigurationError(f"{name} must be a haikucache.RateLimiter, got {value!r}")
         if self.breaker is not None and not isinstance(self.breaker, CircuitBreaker):
             raise ConfigurationError(
                 f"breaker must be a haikucache.CircuitBreaker, got {self.breaker!r}"
@@ -143,7 +147,12 @@ class Controls:
     @property
     def active(self) -> bool:
         """Whether any control is configured."""
-        return bool(self.budgets or self.limiter or self.breaker or self.fallback)
+        return bool(
+            self.budgets or self.limiter or self.tenant_limiter or self.breaker or self.fallback
+        )
+
+    def _limiters(self) -> list[RateLimiter]:
+        return [x for x in (self.limiter, self.tenant_limiter) if x is not None]
 
     # -- admit ----------------------------------------------------------------------------
 
@@ -159,8 +168,8 @@ class Controls:
         try:
             if self.budgets is not None:
                 ticket.reservation = self.budgets.reserve(call.namespace, ticket.worst_usd)
-            if self.limiter is not None:
-                ticket.permit = self.limiter.acquire(call.model, **ticket.estimate)
+            for limiter in self._limiters():
+                ticket.permits.append((limiter, limiter.acquire(call.model, **ticket.estimate)))
         except BaseException:
             self._abandon(ticket)
             raise
@@ -172,8 +181,9 @@ class Controls:
         try:
             if self.budgets is not None:
                 ticket.reservation = await self.budgets.areserve(call.namespace, ticket.worst_usd)
-            if self.limiter is not None:
-                ticket.permit = await self.limiter.aacquire(call.model, **ticket.estimate)
+            for limiter in self._limiters():
+                permit = await limiter.aacquire(call.model, **ticket.estimate)
+                ticket.permits.append((limiter, permit))
         except BaseException:
             self._abandon(ticket)
             raise
@@ -189,7 +199,7 @@ class Controls:
         max_tokens = int(call.body.get("max_tokens") or 0)
         worst = worst_case_for_plan(plan, max_tokens) if plan is not None else 0.0
         estimate = self._warmth_of().estimate(plan, max_tokens, now)
-        if self.limiter is not None and self.wait is not None:
+        if self._limiters() and self.wait is not None:
             estimate["deadline"] = self.wait
         return Ticket(call=call, breaker_key=key, worst_usd=worst, estimate=estimate)
 
@@ -201,8 +211,9 @@ class Controls:
         """Give back what a refused admission held (a refused call was never sent)."""
         if ticket.reservation is not None and self.budgets is not None:
             self.budgets.release(ticket.reservation)
-        if ticket.permit is not None and self.limiter is not None:
-            self.limiter.release(ticket.permit, sent=False)
+        for limiter, permit in ticket.permits:
+            limiter.release(permit, sent=False)
+        ticket.permits = []
         if self.breaker is not None:
             self.breaker.cancel(ticket.breaker_key)
 
@@ -222,14 +233,11 @@ class Controls:
             if ticket.reservation is not None and self.budgets is not None:
                 cost = info.cost_usd if info is not None else ticket.worst_usd
                 self.budgets.settle(ticket.reservation, cost)
-            if self.limiter is not None:
-                if ticket.permit is not None:
-                    usage = message.get("usage")
-                    self.limiter.settle(
-                        ticket.permit, usage if isinstance(usage, Mapping) else None
-                    )
-                if headers is not None:
-                    self.limiter.learn(ticket.call.model, headers, status=200)
+            usage = message.get("usage")
+            for limiter, permit in ticket.permits:
+                limiter.settle(permit, usage if isinstance(usage, Mapping) else None)
+            if self.limiter is not None and headers is not None:
+                self.limiter.learn(ticket.call.model, headers, status=200)
             if self.breaker is not None:
                 self.breaker.success(ticket.breaker_key)
             self._warmth_of().sent(ticket.call.plan, now)
@@ -252,10 +260,10 @@ class Controls:
                 # An error answer is not billed; a call cut off mid-way may have been, but
                 # nothing says how much: the reservation is freed, not guessed.
                 self.budgets.release(ticket.reservation)
-            if ticket.permit is not None and self.limiter is not None:
-                self.limiter.release(ticket.permit, sent=True)
-                if headers is not None:
-                    self.limiter.learn(ticket.call.model, headers, status=status)
+            for limiter, permit in ticket.permits:
+                limiter.release(permit, sent=True)
+            if self.limiter is not None and headers is not None:
+                self.limiter.learn(ticket.call.model, headers, status=status)
             if self.breaker is not None:
                 if upstream_failure:
                     self.breaker.failure(ticket.breaker_key)
@@ -284,7 +292,7 @@ class Ticket:
     worst_usd: float
     estimate: dict[str, Any]
     reservation: Reservation | None = None
-    permit: Permit | None = None
+    permits: list[tuple[RateLimiter, Permit]] = field(default_factory=list)
 
 
 def error_status(exc: BaseException) -> int | None:

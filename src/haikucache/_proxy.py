@@ -157,12 +157,17 @@ class VirtualKey:
         budget_usd: a hard cap on what its calls may spend per ``budget_period``
             (``None``: none of its own; the proxy's global budget still applies).
         budget_period: ``"day"`` (default), ``"month"`` or ``"total"``.
+        rpm, itpm, otpm: its own share of the rate limits (per model), on top of the
+            proxy's (``None``: no share of its own).
     """
 
     upstream_key_env: str
     namespace: str
     budget_usd: float | None = None
     budget_period: str = "day"
+    rpm: int | None = None
+    itpm: int | None = None
+    otpm: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.upstream_key_env, str) or not self.upstream_key_env:
@@ -174,6 +179,19 @@ class VirtualKey:
         ):
             raise ConfigurationError("a virtual key's namespace must be a non-empty ASCII string")
         _check_budget(self.budget_usd, self.budget_period, f"virtual key {self.namespace!r}")
+        for name in ("rpm", "itpm", "otpm"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigurationError(
+                    f"the {name} of virtual key {self.namespace!r} must be a positive int"
+                )
+
+    @property
+    def limited(self) -> bool:
+        """Whether it has rate limits of its own."""
+        return any(v is not None for v in (self.rpm, self.itpm, self.otpm))
 
 
 @dataclass(frozen=True)
@@ -365,7 +383,15 @@ _SETTINGS: dict[str, type] = {
     "controls_store": str,
     "telemetry": bool,
 }
-_KEY_FIELDS = ("upstream_key_env", "namespace", "budget_usd", "budget_period")
+_KEY_FIELDS = (
+    "upstream_key_env",
+    "namespace",
+    "budget_usd",
+    "budget_period",
+    "rpm",
+    "itpm",
+    "otpm",
+)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -405,13 +431,17 @@ def _coerce(name: str, value: Any) -> Any:
             if not isinstance(spec, Mapping) or set(spec) - set(_KEY_FIELDS):
                 raise ConfigurationError(
                     "each [keys] entry is { upstream_key_env = <variable>, namespace = <name> "
-                    "[, budget_usd = <cap>, budget_period = day|month|total] }"
+                    "[, budget_usd = <cap>, budget_period = day|month|total, rpm = <n>, "
+                    "itpm = <n>, otpm = <n>] }"
                 )
             keys[str(key)] = VirtualKey(
                 upstream_key_env=spec.get("upstream_key_env", ""),
                 namespace=spec.get("namespace", ""),
                 budget_usd=spec.get("budget_usd"),
                 budget_period=spec.get("budget_period", "day"),
+                rpm=spec.get("rpm"),
+                itpm=spec.get("itpm"),
+                otpm=spec.get("otpm"),
             )
         return keys
     raise ConfigurationError(f"setting {name} must be a {kind.__name__}, got {value!r}")
@@ -444,11 +474,27 @@ def _check_budget(cap: float | None, period: str, whose: str) -> None:
         raise ConfigurationError(f"the budget period of {whose} must be day, month or total")
 
 
-def _build_controls(config: ProxyConfig) -> Controls | None:
-    """The controls stage ``config`` asks for (``None``: none)."""
+def _controls_store(config: ProxyConfig) -> str | None:
     shared = config.controls_store
     if shared is None and config.store.startswith(("redis://", "rediss://", "unix://")):
         shared = config.store
+    return shared
+
+
+def _key_controls(config: ProxyConfig, base: Controls | None, vk: VirtualKey) -> Controls:
+    """A virtual key's controls: the proxy's, and its own share of the rate limits."""
+    shared = _controls_store(config)
+    own = RateLimiter(
+        {"*": RateLimits(rpm=vk.rpm, itpm=vk.itpm, otpm=vk.otpm)},
+        backend=RedisLimiterBackend(shared, prefix=f"hc:vk:{vk.namespace}:") if shared else None,
+        learn_limits=False,
+    )
+    return dataclasses.replace(base or Controls(wait=config.limit_wait), tenant_limiter=own)
+
+
+def _build_controls(config: ProxyConfig) -> Controls | None:
+    """The controls stage ``config`` asks for (``None``: none)."""
+    shared = _controls_store(config)
     budgets = [
         Budget(float(config.budget_usd), period=config.budget_period, name="proxy")  # type: ignore[arg-type]
         for _ in (0,)
@@ -675,18 +721,30 @@ class _Proxy:
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         store = _build_store(config.store)
-        self.door = Door(
-            Engine(
+        planner = _planner(config, store)
+        telemetry = Telemetry() if config.telemetry else None
+        controls = _build_controls(config)
+        upstream = config.upstream_url if not config.emulator else _EMULATOR_BASE
+
+        def door(controls: Controls | None) -> Door:
+            # Every door shares the store, planner and ledger; only the controls differ.
+            engine = Engine(
                 store=store,
-                planner=_planner(config, store),
+                planner=planner,
                 ledger=None if config.ledger else False,
                 cache_ttl=config.cache_ttl,
-                controls=_build_controls(config),
-                telemetry=Telemetry() if config.telemetry else None,
-            ),
-            label_by_credential=True,
-            upstream=config.upstream_url if not config.emulator else _EMULATOR_BASE,
-        )
+                controls=controls,
+                telemetry=telemetry,
+            )
+            return Door(engine, label_by_credential=True, upstream=upstream)
+
+        self.door = door(controls)
+        # A virtual key with rate limits of its own goes through a door of its own.
+        self._key_doors = {
+            vk.namespace: door(_key_controls(config, controls, vk))
+            for vk in config.keys.values()
+            if vk.limited
+        }
         self.metrics = _Metrics()
         controls = self.door.engine.controls
         if controls is not None and controls.budgets is not None:
@@ -817,7 +875,8 @@ class _Proxy:
         if caller.namespace is not None:
             headers[NAMESPACE_HEADER] = caller.namespace
         try:
-            call = self.door.prepare(body, headers, caller.credential)
+            door = self._key_doors.get(caller.namespace or "", self.door)
+            call = door.prepare(body, headers, caller.credential)
         except UsageError as exc:  # the API would reject it, or a haikucache-* header is bad
             self.metrics.outcome("invalid")
             return _error(400, "invalid_request_error", f"haikucache: {exc}")
@@ -825,7 +884,7 @@ class _Proxy:
         target = _target(request)
         try:
             if call.stream:
-                opened = await self.door.pipeline.aopen_stream(call)
+                opened = await door.pipeline.aopen_stream(call)
                 if isinstance(opened, Outcome):
                     return self._answer(opened)
                 return await self._relay_stream(opened, target, forward)
@@ -844,7 +903,7 @@ class _Proxy:
                 reply = Door.reply(response, content)
                 return Reply(reply.message, (response, content), reply.status, reply.headers)
 
-            return self._answer(await self.door.pipeline.aexchange(call, send, send_to=send_to))
+            return self._answer(await door.pipeline.aexchange(call, send, send_to=send_to))
         except ControlError as exc:
             self.metrics.outcome("refused")
             return _refused(exc)
