@@ -9,7 +9,10 @@ or machines (Redis), and "a failing store is a miss".
 Keys: LangChain hands the cache ``prompt`` (the serialized messages) and ``llm_string`` (the
 serialized model and its call arguments: provider, model name, temperature, bound tools …).
 Both go into the key, so an answer is only ever served to the same model with the same
-settings.
+settings. LangChain hands a cache no credential (``llm_string`` masks secrets), so every
+caller of one cache shares its answers, as with LangChain's own caches: per-key isolation is
+``wrap()``'s (its transport goes through haikucache's pipeline), or one ``namespace`` per
+tenant here.
 
 Semantic lookup (opt-in, ``semantic=haikucache.SemanticConfig(...)``): when the last message
 is plain human text, a miss also searches answers to questions that *mean* the same thing —
