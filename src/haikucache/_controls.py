@@ -312,7 +312,7 @@ def error_headers(exc: BaseException) -> Mapping[str, str] | None:
         getattr(getattr(exc, "response", None), "headers", None),
     ):
         if isinstance(headers, Mapping) or callable(getattr(headers, "get", None)):
-            return headers  # type: ignore[no-any-return]
+            return headers
     return None
 
 
