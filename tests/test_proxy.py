@@ -911,7 +911,9 @@ def test_the_proxy_falls_back_to_another_upstream(
         proxy = start_proxy(upstream=upstream, fallback=f"{backup_url}")
         emulator.overload(1.0)
         reply = httpx.post(
-            f"{proxy.base_url}/v1/messages", json=ask("Where is my bag?"), headers=key_headers("sk-a")
+            f"{proxy.base_url}/v1/messages",
+            json=ask("Where is my bag?"),
+            headers=key_headers("sk-a"),
         )
         assert reply.status_code == 200, reply.text
         assert len(backup.log) == 1 and backup.log[0].headers["x-api-key"] == "sk-a"
