@@ -575,6 +575,53 @@ def test_a_new_question_after_a_fixed_prompt_is_not_cache_busting(
     assert not [r for r in caplog.records if "busting" in r.getMessage()]
 
 
+def _agent_turns(task: str, steps: int) -> list[list[dict[str, Any]]]:
+    """The requests of one agent run: a task, then tool call after tool call."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": task}]
+    out = [copy.deepcopy(messages)]
+    for i in range(steps):
+        use = {"type": "tool_use", "id": f"toolu_{i}", "name": "get_reservation", "input": {}}
+        messages.append({"role": "assistant", "content": [use]})
+        result = {"type": "tool_result", "tool_use_id": f"toolu_{i}", "content": f"step {i}"}
+        messages.append({"role": "user", "content": [result]})
+        out.append(copy.deepcopy(messages))
+    return out
+
+
+_TASK = "Fix the {} endpoint: it returns 500 when the payload is empty. " + "Context. " * 40
+
+
+def test_interleaved_conversations_are_not_cache_busting(
+    client: Client, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Agent runs whose first messages resemble each other (one template, another topic),
+    # taking turns: each request continues its own conversation, nothing is rewritten.
+    caplog.set_level(logging.WARNING, logger="haikucache")
+    runs = [_agent_turns(_TASK.format(topic), 5) for topic in ("billing", "search", "login")]
+    for step in range(6):
+        for run in runs:
+            client.messages.create(**request(run[step]))
+            clock.advance(3)
+    assert not [r for r in caplog.records if "busting" in r.getMessage()]
+
+
+def test_a_conversation_rewritten_every_turn_is_reported_among_others(
+    client: Client, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One conversation's first message carries the time, so every turn rewrites it, while
+    # another conversation runs alongside.
+    caplog.set_level(logging.WARNING, logger="haikucache")
+    steady = _agent_turns(_TASK.format("search"), 5)
+    for step in range(6):
+        stamped = _agent_turns(f"Time: 10:{step:02}. " + _TASK.format("billing"), 5)[step]
+        client.messages.create(**request(stamped))
+        clock.advance(3)
+        client.messages.create(**request(steady[step]))
+        clock.advance(3)
+    warnings = [r.getMessage() for r in caplog.records if "busting" in r.getMessage()]
+    assert len(warnings) == 1 and "messages.0.content.0" in warnings[0]
+
+
 def test_tools_in_a_different_order_are_reported(
     client: Client, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:

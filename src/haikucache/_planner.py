@@ -1255,77 +1255,124 @@ class _BustDetector:
 
     A timestamp in the system prompt, tools sent in a different order, or any text that
     changes before a breakpoint makes every request write its prefix again (1.25×) instead of
-    reading it (0.1×). After three consecutive requests that diverge from the previous one at
-    the same block, with a similar (not unrelated) block there and a cache write in the
-    answer, it logs one warning naming the block and the first differing character.
+    reading it (0.1×). Each request is compared with the recent request it shares the longest
+    prefix with — its own conversation's previous turn when conversations interleave — and
+    diverges from it at a block. After three requests among the last 16 that diverge at the
+    same block, with a similar (not unrelated) block there and a cache write in the answer,
+    it logs one warning naming the block and the first differing character. In the messages, the
+    blocks after the change must be those of the earlier request (the same conversation sent
+    again with an earlier turn rewritten); a new conversation whose opening turn merely
+    resembles another's is not a rewrite.
     """
 
     _REPEATS = 3
+    _RECENT = 16  # requests compared with, most recent first
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._prev: tuple[list[_Block], list[bytes]] | None = None
+        self._recent: deque[tuple[list[_Block], list[bytes]]] = deque(maxlen=self._RECENT)
         self._pending: tuple[str, str] | None = None
-        self._streak: dict[str, int] = {}
+        self._seq = 0  # requests seen
+        self._rewrites: dict[str, deque[int]] = {}  # path -> recent requests rewriting it
         self._warned: set[str] = set()
 
     def see(self, blocks: list[_Block], raws: list[bytes]) -> None:
         with self._lock:
-            prev, self._prev = self._prev, (blocks, raws)
+            recent = list(self._recent)
+            self._recent.appendleft((blocks, raws))
             self._pending = None
-            if prev is None:
+            self._seq += 1
+            diverging: list[tuple[int, list[_Block], list[bytes]]] = []
+            for prev_blocks, prev_raws in recent:
+                at = next(
+                    (
+                        i
+                        for i, (a, b) in enumerate(zip(prev_blocks, blocks, strict=False))
+                        if a.fp != b.fp
+                    ),
+                    None,
+                )
+                if at is None:
+                    return  # it repeats or extends a recent request: nothing rewritten
+                diverging.append((at, prev_blocks, prev_raws))
+            if not diverging:
                 return
-            prev_blocks, prev_raws = prev
-            d = next(
-                (
-                    i
-                    for i, (a, b) in enumerate(zip(prev_blocks, blocks, strict=False))
-                    if a.fp != b.fp
-                ),
-                None,
-            )
-            if d is None or prev_blocks[d].path != blocks[d].path or d == len(blocks) - 1:
+            d = max(at for at, _, _ in diverging)
+            if d == len(blocks) - 1:
                 # A new last block is a new question, not a changing prefix: nothing cached
                 # after it is lost.
                 return
-            # Only now, on a divergence, are the readable paths worth building.
-            paths = [_public_path(b.path) for b in blocks]
-            prev_paths = [_public_path(b.path) for b in prev_blocks]
-            old, new = prev_raws[d], raws[d]
-            if paths[d].startswith("tools."):
-                tools_old = [
-                    r for p, r in zip(prev_paths, prev_raws, strict=True) if p.startswith("tools.")
-                ]
-                tools_new = [r for p, r in zip(paths, raws, strict=True) if p.startswith("tools.")]
-                if sorted(tools_old) == sorted(tools_new):
-                    self._pending = (paths[d], "the same tools arrive in a different order")
-                    return
-            head = _common_prefix(old, new)
-            tail = _common_prefix(old[::-1], new[::-1])
-            if head + tail < 0.8 * max(len(old), len(new)):
-                return  # a different prompt, not a changing one
-            snippet_old = old[head : head + 24].decode("utf-8", "replace")
-            snippet_new = new[head : head + 24].decode("utf-8", "replace")
-            self._pending = (
-                paths[d],
-                f"first difference at character {head}: {snippet_old!r} became {snippet_new!r}",
-            )
+            for at, prev_blocks, prev_raws in diverging:  # most recent first
+                if at == d:
+                    pending = self._rewrite(prev_blocks, prev_raws, blocks, raws, d)
+                    if pending is not None:
+                        self._pending = pending
+                        return
+
+    @staticmethod
+    def _rewrite(
+        prev_blocks: list[_Block],
+        prev_raws: list[bytes],
+        blocks: list[_Block],
+        raws: list[bytes],
+        d: int,
+    ) -> tuple[str, str] | None:
+        """Where and how block ``d`` was rewritten, if the request is the earlier one sent
+        again with that block changed; ``None`` if it is another request."""
+        if prev_blocks[d].path != blocks[d].path:
+            return None
+        if blocks[d].section == "messages":
+            after = min(len(prev_raws), len(raws))
+            if d + 1 >= after or prev_raws[d + 1 : after] != raws[d + 1 : after]:
+                return None  # another conversation, not this one rewritten
+        # Only now, on a divergence, are the readable paths worth building.
+        paths = [_public_path(b.path) for b in blocks]
+        prev_paths = [_public_path(b.path) for b in prev_blocks]
+        old, new = prev_raws[d], raws[d]
+        if paths[d].startswith("tools."):
+            tools_old = [
+                r for p, r in zip(prev_paths, prev_raws, strict=True) if p.startswith("tools.")
+            ]
+            tools_new = [r for p, r in zip(paths, raws, strict=True) if p.startswith("tools.")]
+            if sorted(tools_old) == sorted(tools_new):
+                return (paths[d], "the same tools arrive in a different order")
+        head = _common_prefix(old, new)
+        tail = _common_prefix(old[::-1], new[::-1])
+        if head + tail < 0.8 * max(len(old), len(new)):
+            return None  # a different prompt, not a changing one
+        snippet_old = old[head : head + 24].decode("utf-8", "replace")
+        snippet_new = new[head : head + 24].decode("utf-8", "replace")
+        return (
+            paths[d],
+            f"first difference at character {head}: {snippet_old!r} became {snippet_new!r}",
+        )
 
     def feedback(self, plan: Plan, read: int, written: int) -> None:
         with self._lock:
             pending, self._pending = self._pending, None
-            if pending is None or written == 0:
-                self._streak.clear()
+            if pending is None:
                 return
             path, detail = pending
-            streak = self._streak.get(path, 0) + 1
-            self._streak = {path: streak}
-            if streak < self._REPEATS or path in self._warned:
+            if written == 0:
+                self._rewrites.pop(path, None)  # rewritten, but nothing was lost
+                return
+            # Rewrites of one block among the last requests (other conversations may come
+            # in between).
+            if len(self._rewrites) > 1_000:
+                self._rewrites.clear()
+            seqs = self._rewrites.setdefault(path, deque(maxlen=self._REPEATS))
+            seqs.append(self._seq)
+            if (
+                len(seqs) < self._REPEATS
+                or seqs[-1] - seqs[0] >= self._RECENT
+                or path in self._warned
+            ):
                 return
             self._warned.add(path)
         logger.warning(
-            "haikucache: prompt cache busting at %s: it changes between consecutive requests "
-            "(%s), so everything after it is written again at 1.25× instead of read at 0.1×. "
+            "haikucache: prompt cache busting at %s: it changes between requests that repeat "
+            "everything before it (%s), so everything after it is written again at 1.25× "
+            "instead of read at 0.1×. "
             "Keep it stable, or move what changes after the last cached block.",
             path,
             detail,
