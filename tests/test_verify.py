@@ -102,6 +102,30 @@ def letters(texts: list[str]) -> np.ndarray:
         ("How do I turn a CSV file into JSON?", "How do I turn a JSON file into CSV?", "direction"),
         ("Is the train faster than the bus?", "Is the bus faster than the train?", "direction"),
         ("Should I eat before I run?", "Should I run before I eat?", "direction"),
+        # roles traded between places, or whence and whither flipped
+        (
+            "Does the train to Boston stop in New York?",
+            "Does the train to New York stop in Boston?",
+            "direction",
+        ),
+        (
+            "Do I need a visa to enter Canada from the US?",
+            "Do I need a visa to enter the US from Canada?",
+            "direction",
+        ),
+        (
+            "Are there direct flights to Lisbon?",
+            "Are there direct flights from Lisbon?",
+            "direction",
+        ),
+        # the two sides of a relationship, and more qualities
+        ("Can a landlord raise the rent?", "Can a tenant raise the rent?", "antonym:lease"),
+        ("Who pays the fee, the buyer?", "Who pays the fee, the seller?", "antonym:sale"),
+        (
+            "How long to boil an egg for a soft yolk?",
+            "How long to boil an egg for a hard yolk?",
+            "antonym",
+        ),
     ],
 )
 def test_contrasts_are_rejected_both_ways(query: str, candidate: str, check: str) -> None:
@@ -139,6 +163,13 @@ def test_contrasts_are_rejected_both_ways(query: str, candidate: str, check: str
         ("Which is the best online grocery store?", "Which is the best online grocery website?"),
         ("How will the war play out? Who would win?", "Who would win in the war?"),
         ("Identical question?", "Identical question?"),
+        # the same places in another order, a word after both markers
+        (
+            "How can I move money to my savings account from my current account?",
+            "How do I transfer money from my current account to my savings account?",
+        ),
+        ("Is 500 mg of paracetamol a safe dose?", "Is a dose of 500 mg of paracetamol safe?"),
+        ("Trains to Boston from New York?", "Trains from New York to Boston?"),
     ],
 )
 def test_paraphrases_pass(query: str, candidate: str) -> None:

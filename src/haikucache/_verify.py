@@ -165,6 +165,7 @@ CONTRAST_GROUPS: Mapping[str, tuple[str, ...]] = {
     "heat": ("hot warm warmer heat heated heating", "cold colder cool cooler chilled unheated"),
     "speed": ("fast faster fastest quick quicker quickest quickly", "slow slower slowest slowly"),
     "effort": ("easy easier easiest simple", "hard harder hardest difficult"),
+    "firmness": ("soft softer softest", "hard harder hardest firm"),
     "timing": ("early earlier earliest", "late later latest"),
     "order": ("first", "last final"),
     "age": (
@@ -225,6 +226,17 @@ CONTRAST_GROUPS: Mapping[str, tuple[str, ...]] = {
     ),
     "time_share": ("full", "part partial"),
     "reach": ("domestic national local inland", "international overseas abroad foreign"),
+    # the two sides of a relationship: what is true of one is rarely true of the other
+    "lease": ("landlord owner lessor", "tenant renter lessee"),
+    "sale": ("buyer purchaser", "seller vendor"),
+    "employment": ("employer", "employee worker"),
+    "lending": ("lender creditor", "borrower debtor"),
+    "mail": ("sender", "recipient receiver addressee"),
+    "hosting": ("host", "guest visitor"),
+    "care": ("doctor physician nurse", "patient"),
+    "family": ("parent parents", "child children kid kids"),
+    "school": ("teacher professor instructor", "student pupil"),
+    "insurance": ("insurer", "insured policyholder"),
     "person": (
         "adult grown",
         "child children kid kids infant baby toddler minor junior teen teenager",
@@ -530,6 +542,7 @@ class _Reading:
     words: frozenset[str]
     polarity: frozenset[str]
     relations: frozenset[tuple[str, str, str]]
+    roles: Mapping[str, str]
 
 
 def _tokens(text: str) -> tuple[str, ...]:
@@ -589,12 +602,71 @@ def _relations(tokens: Sequence[str]) -> frozenset[tuple[str, str, str]]:
     return frozenset(pairs)
 
 
+#: Prepositions whose object plays a role: "to Boston" is where, "from the US" whence.
+_ROLE_MARKERS = _wordset("to into towards toward onto from in at via than")
+
+
+_ROLE_KIND = {
+    "to": "to",
+    "into": "to",
+    "towards": "to",
+    "toward": "to",
+    "onto": "to",
+    "from": "from",
+}
+
+
+def _roles(tokens: Sequence[str]) -> dict[str, str]:
+    """The marker each content word follows ("to" for "boston" in "train to Boston"); a
+    word that follows none has no entry, and one that follows several ("account" in "from my
+    savings account to my current account") says nothing and is left out too."""
+    seen: dict[str, set[str]] = {}
+    for i, token in enumerate(tokens):
+        if token in _ROLE_MARKERS:
+            for word in _span(tokens, i + 1, 1):
+                seen.setdefault(word, set()).add(token)
+    return {word: next(iter(markers)) for word, markers in seen.items() if len(markers) == 1}
+
+
+def _ambiguous(tokens: Sequence[str]) -> frozenset[str]:
+    seen: dict[str, set[str]] = {}
+    for i, token in enumerate(tokens):
+        if token in _ROLE_MARKERS:
+            for word in _span(tokens, i + 1, 1):
+                seen.setdefault(word, set()).add(token)
+    return frozenset(word for word, markers in seen.items() if len(markers) > 1)
+
+
+def _swapped(q: _Reading, c: _Reading) -> tuple[str, str] | None:
+    """Two words both questions share that trade roles ("from Canada to the US" / "from the
+    US to Canada", "a train to Boston stopping in New York" / "to New York stopping in
+    Boston", "a string to an int" / "an int to a string")."""
+    unclear = _ambiguous(q.tokens) | _ambiguous(c.tokens)
+    moved = [
+        (w, q.roles.get(w, ""), c.roles.get(w, ""))
+        for w in sorted(q.words & c.words)
+        if w not in _FILLER
+        and w not in _SPAN_STOPS
+        and w not in unclear
+        and q.roles.get(w, "") != c.roles.get(w, "")
+    ]
+    for i, (a, a_was, a_now) in enumerate(moved):
+        # Whence in one, whither in the other: the direction flipped even if its partner is
+        # a word the reading skips ("from the US").
+        if {_ROLE_KIND.get(a_was), _ROLE_KIND.get(a_now)} == {"to", "from"}:
+            return a, a
+        for b, b_was, b_now in moved[i + 1 :]:
+            if a_was == b_now and b_was == a_now and a_was != b_was:
+                return a, b
+    return None
+
+
 @functools.lru_cache(maxsize=65_536)
 def _read(text: str) -> _Reading:
     tokens = _tokens(text)
     words = frozenset(t for t in tokens if t[0].isalpha() or t[0] in "£$€%")
     polarity = frozenset(_POLARITY_INDEX[w] for w in words if w in _POLARITY_INDEX)
-    return _Reading(tokens, words, polarity, _relations(tokens))
+    return _Reading(tokens, words, polarity, _relations(tokens), _roles(tokens))
 
 
 def _poles(words: Iterable[str]) -> dict[str, set[int]]:
@@ -727,7 +799,10 @@ class LexicalVerifier:
                 and (kind, y, x) not in q.relations
             ):
                 return f"{x}>{y}"
-        return None
+        swap = _swapped(q, c)
+        if swap is None:
+            return None
+        return f"{swap[0]}:to/from" if swap[0] == swap[1] else f"{swap[0]}<>{swap[1]}"
 
 
 # --------------------------------------------------------------------------- Haiku as a judge
