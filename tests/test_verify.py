@@ -126,6 +126,14 @@ def letters(texts: list[str]) -> np.ndarray:
             "How long to boil an egg for a hard yolk?",
             "antonym",
         ),
+        ("Do all rooms have a balcony?", "Do some rooms have a balcony?", "antonym:quantity"),
+        ("Must I show my passport?", "May I show my passport?", "antonym:modality"),
+        ("Do I pay tax on gifts I give?", "Do I pay tax on gifts I receive?", "antonym:give"),
+        (
+            "Is it warmer in Rome than in Paris in March?",
+            "Is it warmer in Paris than in Rome in March?",
+            "direction",
+        ),
     ],
 )
 def test_contrasts_are_rejected_both_ways(query: str, candidate: str, check: str) -> None:
@@ -170,6 +178,9 @@ def test_contrasts_are_rejected_both_ways(query: str, candidate: str, check: str
         ),
         ("Is 500 mg of paracetamol a safe dose?", "Is a dose of 500 mg of paracetamol safe?"),
         ("Trains to Boston from New York?", "Trains from New York to Boston?"),
+        ("Can I bring a friend?", "May I bring a friend?"),
+        ("Must I show my passport?", "Do I have to show my passport?"),
+        ("Do any rooms have a balcony?", "Do some rooms have a balcony?"),
     ],
 )
 def test_paraphrases_pass(query: str, candidate: str) -> None:

@@ -132,6 +132,7 @@ CONTRAST_GROUPS: Mapping[str, tuple[str, ...]] = {
     "transfer": ("upload uploading uploaded", "download downloading downloaded"),
     "trade": ("import importing imported", "export exporting exported"),
     "send": ("send sending sent", "receive receiving received"),
+    "give": ("give giving gave given", "receive receiving received"),
     "money_flow": (
         "deposit deposited depositing pay_in",
         "withdraw withdrawal withdrawing withdrew",
@@ -212,6 +213,8 @@ CONTRAST_GROUPS: Mapping[str, tuple[str, ...]] = {
         "over above more greater higher larger bigger exceed exceeding exceeds older longer",
     ),
     "extreme": ("min minimum least lowest smallest", "max maximum most highest largest biggest"),
+    "quantity": ("all every each entire whole", "some several few part partial"),
+    "modality": ("must", "may can could might"),
     "sum": ("gross", "net"),
     "ends": ("client frontend front_end", "server backend back_end"),
     "io": ("input read reading", "output write writing"),
@@ -573,6 +576,9 @@ def _span(tokens: Sequence[str], start: int, step: int, limit: int = 3) -> list[
     return out
 
 
+_THAN_SKIP = _wordset("in at on for with by to from during")
+
+
 def _relations(tokens: Sequence[str]) -> frozenset[tuple[str, str, str]]:
     """``(kind, source, target)``: what goes from/to, compares than, or comes before what.
 
@@ -583,7 +589,11 @@ def _relations(tokens: Sequence[str]) -> frozenset[tuple[str, str, str]]:
     for i, token in enumerate(tokens):
         if token not in _DIRECTION_MARKERS:
             continue
-        after = _span(tokens, i + 1, 1)
+        start = i + 1
+        # "warmer in Rome than in Paris": the compared thing follows the preposition.
+        if token == "than" and start < len(tokens) and tokens[start] in _THAN_SKIP:
+            start += 1
+        after = _span(tokens, start, 1)
         if not after:
             continue
         if token in ("to", "into", "towards", "toward", "onto") and has_from:
