@@ -546,6 +546,7 @@ class _Reading:
     polarity: frozenset[str]
     relations: frozenset[tuple[str, str, str]]
     roles: Mapping[str, str]
+    unclear: frozenset[str]
 
 
 def _tokens(text: str) -> tuple[str, ...]:
@@ -626,32 +627,24 @@ _ROLE_KIND = {
 }
 
 
-def _roles(tokens: Sequence[str]) -> dict[str, str]:
-    """The marker each content word follows ("to" for "boston" in "train to Boston"); a
-    word that follows none has no entry, and one that follows several ("account" in "from my
-    savings account to my current account") says nothing and is left out too."""
+def _roles(tokens: Sequence[str]) -> tuple[dict[str, str], frozenset[str]]:
+    """The marker each content word follows ("to" for "boston" in "train to Boston"), and
+    the words that follow several ("account" in "from my savings account to my current
+    account"), which say nothing. A word that follows none is in neither."""
     seen: dict[str, set[str]] = {}
     for i, token in enumerate(tokens):
         if token in _ROLE_MARKERS:
             for word in _span(tokens, i + 1, 1):
                 seen.setdefault(word, set()).add(token)
-    return {word: next(iter(markers)) for word, markers in seen.items() if len(markers) == 1}
-
-
-def _ambiguous(tokens: Sequence[str]) -> frozenset[str]:
-    seen: dict[str, set[str]] = {}
-    for i, token in enumerate(tokens):
-        if token in _ROLE_MARKERS:
-            for word in _span(tokens, i + 1, 1):
-                seen.setdefault(word, set()).add(token)
-    return frozenset(word for word, markers in seen.items() if len(markers) > 1)
+    roles = {word: next(iter(markers)) for word, markers in seen.items() if len(markers) == 1}
+    return roles, frozenset(seen.keys() - roles.keys())
 
 
 def _swapped(q: _Reading, c: _Reading) -> tuple[str, str] | None:
     """Two words both questions share that trade roles ("from Canada to the US" / "from the
     US to Canada", "a train to Boston stopping in New York" / "to New York stopping in
     Boston", "a string to an int" / "an int to a string")."""
-    unclear = _ambiguous(q.tokens) | _ambiguous(c.tokens)
+    unclear = q.unclear | c.unclear
     moved = [
         (w, q.roles.get(w, ""), c.roles.get(w, ""))
         for w in sorted(q.words & c.words)
@@ -676,7 +669,7 @@ def _read(text: str) -> _Reading:
     tokens = _tokens(text)
     words = frozenset(t for t in tokens if t[0].isalpha() or t[0] in "£$€%")
     polarity = frozenset(_POLARITY_INDEX[w] for w in words if w in _POLARITY_INDEX)
-    return _Reading(tokens, words, polarity, _relations(tokens), _roles(tokens))
+    return _Reading(tokens, words, polarity, _relations(tokens), *_roles(tokens))
 
 
 def _poles(words: Iterable[str]) -> dict[str, set[int]]:
