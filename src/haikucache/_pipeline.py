@@ -584,10 +584,8 @@ class Pipeline:
         attempts = self._attempts(call, controls, send_to is not None)
         for index, (attempt, target) in enumerate(attempts):
             last = index == len(attempts) - 1
-            self.engine.plan(attempt)
-            where = self.upstream if target is None else target.base_url
             try:
-                ticket = controls.admit(attempt, where, now=self.engine.clock.now())
+                ticket = controls.admit(attempt, self._where(attempt, target), now=self._now())
             except CircuitOpenError:
                 if last:
                     raise
@@ -598,30 +596,19 @@ class Pipeline:
                 else:
                     reply = send_to(target, attempt.body)
             except Exception as exc:
-                if (
-                    controls.failed(
-                        ticket, status=error_status(exc), exc=exc, headers=error_headers(exc)
-                    )
-                    and not last
-                ):
-                    _falling_back(attempt, exc)
+                if self._falls_back(controls, ticket, last, exc=exc):
                     continue
                 raise
             except BaseException:
                 controls.abandoned(ticket)
                 raise
             if reply.message is None:
-                if controls.failed(ticket, status=reply.status, headers=reply.headers) and not last:
-                    _falling_back(attempt, reply.status)
+                if self._falls_back(controls, ticket, last, reply=reply):
                     continue
                 return Outcome(attempt, "miss", None, None, reply.raw)
             outcome = self._settle(attempt, reply)
             controls.answered(
-                ticket,
-                reply.message,
-                outcome.info,
-                headers=reply.headers,
-                now=self.engine.clock.now(),
+                ticket, reply.message, outcome.info, headers=reply.headers, now=self._now()
             )
             return outcome
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
@@ -639,10 +626,10 @@ class Pipeline:
         attempts = self._attempts(call, controls, send_to is not None)
         for index, (attempt, target) in enumerate(attempts):
             last = index == len(attempts) - 1
-            self.engine.plan(attempt)
-            where = self.upstream if target is None else target.base_url
             try:
-                ticket = await controls.aadmit(attempt, where, now=self.engine.clock.now())
+                ticket = await controls.aadmit(
+                    attempt, self._where(attempt, target), now=self._now()
+                )
             except CircuitOpenError:
                 if last:
                     raise
@@ -653,33 +640,53 @@ class Pipeline:
                 else:
                     reply = await send_to(target, attempt.body)
             except Exception as exc:
-                if (
-                    controls.failed(
-                        ticket, status=error_status(exc), exc=exc, headers=error_headers(exc)
-                    )
-                    and not last
-                ):
-                    _falling_back(attempt, exc)
+                if self._falls_back(controls, ticket, last, exc=exc):
                     continue
                 raise
             except BaseException:
                 controls.abandoned(ticket)
                 raise
             if reply.message is None:
-                if controls.failed(ticket, status=reply.status, headers=reply.headers) and not last:
-                    _falling_back(attempt, reply.status)
+                if self._falls_back(controls, ticket, last, reply=reply):
                     continue
                 return Outcome(attempt, "miss", None, None, reply.raw)
             outcome = await self._asettle(attempt, reply)
             controls.answered(
-                ticket,
-                reply.message,
-                outcome.info,
-                headers=reply.headers,
-                now=self.engine.clock.now(),
+                ticket, reply.message, outcome.info, headers=reply.headers, now=self._now()
             )
             return outcome
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+    def _now(self) -> float:
+        return self.engine.clock.now()
+
+    def _where(self, attempt: PreparedCall, target: Upstream | None) -> str:
+        """Plan the attempt; the upstream it goes to (the breaker's key)."""
+        self.engine.plan(attempt)
+        return self.upstream if target is None else target.base_url
+
+    @staticmethod
+    def _falls_back(
+        controls: Controls,
+        ticket: Ticket,
+        last: bool,
+        *,
+        exc: Exception | None = None,
+        reply: Reply[Any] | None = None,
+    ) -> bool:
+        """Settle a failed attempt; whether the next fallback is tried (529, 5xx, connection
+        errors, and a next one to try)."""
+        if exc is not None:
+            retry = controls.failed(
+                ticket, status=error_status(exc), exc=exc, headers=error_headers(exc)
+            )
+        else:
+            assert reply is not None
+            retry = controls.failed(ticket, status=reply.status, headers=reply.headers)
+        if retry and not last:
+            _falling_back(ticket.call, exc if exc is not None else reply.status if reply else None)
+            return True
+        return False
 
     def _coalesce(self, call: PreparedCall) -> bool:
         return self.engine.store is not None and not call.options.no_cache
