@@ -939,3 +939,26 @@ def test_a_virtual_key_has_its_own_share_of_the_rate_limits(
     assert [status("hc-small", f"Small {i}") for i in range(2)] == [200, 429]
     assert [status("hc-large", f"Large {i}") for i in range(3)] == [200, 200, 200]
     assert len(emulator.log) == 4
+
+
+def test_semantic_lookup_through_the_proxy_stays_within_a_key(
+    start_proxy: Callable[..., ProxyServer], emulator: Emulator, upstream: str
+) -> None:
+    pytest.importorskip("onnxruntime")
+    proxy = start_proxy(upstream=upstream, semantic=True)
+    url = f"{proxy.base_url}/v1/messages"
+    first = httpx.post(url, json=ask("How do I reset my password?"), headers=key_headers("sk-a"))
+    assert first.headers["haikucache-cache"] == "miss"
+    same = httpx.post(url, json=ask("How can I reset my password?"), headers=key_headers("sk-a"))
+    assert same.headers["haikucache-cache"] == "semantic", same.headers
+    assert same.json()["content"] == first.json()["content"]
+    other = httpx.post(url, json=ask("How can I reset my password?"), headers=key_headers("sk-b"))
+    assert other.headers["haikucache-cache"] == "miss"  # another key never meets it
+    trap = httpx.post(url, json=ask("How do I reset my PIN?"), headers=key_headers("sk-a"))
+    assert trap.headers["haikucache-cache"] == "miss"
+    assert len(emulator.log) == 3
+
+
+def test_semantic_needs_a_store() -> None:
+    with pytest.raises(ConfigurationError, match="response cache"):
+        ProxyConfig(emulator=True, store="none", semantic=True)

@@ -69,6 +69,7 @@ from ._sdk_door import (
     refusal,
     refused,
 )
+from ._semantic import SemanticConfig
 from ._store import AsyncResponseStore, DiskStore, MemoryStore, RedisStore, ResponseStore
 from ._telemetry import Telemetry
 from ._upstream import DEFAULT_CONNECTION_LIMITS, DEFAULT_TIMEOUT, resolve_base_url
@@ -235,6 +236,12 @@ class ProxyConfig:
         telemetry: record every call as OpenTelemetry spans and metrics (GenAI semantic
             conventions) through the global tracer and meter providers (``haikucache[otel]``;
             configure exporters as usual, e.g. with ``opentelemetry-instrument``).
+        semantic: also answer a question that means the same as a stored one, with the
+            offline local embedder, the calibrated threshold, the guards and the verifier
+            (``haikucache[embed]``); always within one caller's scope and conversation.
+        semantic_threshold: the least similarity served (default: the calibrated one).
+        max_false_hit_rate: an error bound the threshold is learned under (see
+            docs/semantic-cache.md); ``None``: the fixed threshold.
     """
 
     host: str = "127.0.0.1"
@@ -261,6 +268,9 @@ class ProxyConfig:
     fallback: str = ""
     controls_store: str | None = None
     telemetry: bool = False
+    semantic: bool = False
+    semantic_threshold: float | None = None
+    max_false_hit_rate: float | None = None
 
     def __post_init__(self) -> None:
         # Virtual keys may be given as the TOML table's plain dicts.
@@ -290,6 +300,12 @@ class ProxyConfig:
             raise ConfigurationError("limit_wait must be >= 0 seconds")
         if self.breaker_failures < 0:
             raise ConfigurationError("breaker_failures must be >= 0 (0: no circuit breaker)")
+        if self.semantic and self.store == "none":
+            raise ConfigurationError("semantic lookup needs a response cache (--store)")
+        if (self.semantic_threshold is not None or self.max_false_hit_rate is not None) and not (
+            self.semantic
+        ):
+            raise ConfigurationError("semantic_threshold and max_false_hit_rate need semantic")
         if self.controls_store is not None and not self.controls_store.startswith(
             ("redis://", "rediss://", "unix://")
         ):
@@ -382,6 +398,9 @@ _SETTINGS: dict[str, type] = {
     "fallback": str,
     "controls_store": str,
     "telemetry": bool,
+    "semantic": bool,
+    "semantic_threshold": float,
+    "max_false_hit_rate": float,
 }
 _KEY_FIELDS = (
     "upstream_key_env",
@@ -532,6 +551,20 @@ def _build_controls(config: ProxyConfig) -> Controls | None:
         fallback=fallback,
         wait=config.limit_wait,
     )
+
+
+def _semantic(config: ProxyConfig) -> SemanticConfig | None:
+    """Semantic lookup with the local embedder, if asked (built once, shared by every door)."""
+    if not config.semantic:
+        return None
+    from ._embed_local import LocalEmbedder
+
+    options: dict[str, Any] = {}
+    if config.semantic_threshold is not None:
+        options["threshold"] = config.semantic_threshold
+    if config.max_false_hit_rate is not None:
+        options["max_false_hit_rate"] = config.max_false_hit_rate
+    return SemanticConfig(embedder=LocalEmbedder(), **options)
 
 
 def _planner(config: ProxyConfig, store: ResponseStore | None) -> Planner | str:
@@ -726,6 +759,8 @@ class _Proxy:
         controls = _build_controls(config)
         upstream = config.upstream_url if not config.emulator else _EMULATOR_BASE
 
+        semantic = _semantic(config)
+
         def door(controls: Controls | None) -> Door:
             # Every door shares the store, planner and ledger; only the controls differ.
             engine = Engine(
@@ -735,6 +770,7 @@ class _Proxy:
                 cache_ttl=config.cache_ttl,
                 controls=controls,
                 telemetry=telemetry,
+                semantic=semantic,
             )
             return Door(engine, label_by_credential=True, upstream=upstream)
 
@@ -1583,6 +1619,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     controls.add_argument(
         "--fallback", default=None, metavar="MODELS", help="comma-separated fallback models"
     )
+    parser.add_argument(
+        "--semantic",
+        action="store_true",
+        default=None,
+        help="also serve questions that mean the same as a stored one (haikucache[embed])",
+    )
+    parser.add_argument("--semantic-threshold", type=float, default=None, metavar="COSINE")
+    parser.add_argument("--max-false-hit-rate", type=float, default=None, metavar="DELTA")
     parser.add_argument(
         "--telemetry",
         action="store_true",
