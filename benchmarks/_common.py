@@ -11,7 +11,7 @@ from typing import Any
 
 import haikucache
 
-__all__ = ["load_average", "machine", "write_report"]
+__all__ = ["load_average", "machine", "missed", "print_table", "verdict", "write_report"]
 
 
 def load_average() -> float | None:
@@ -54,3 +54,32 @@ def write_report(
     }
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
+
+
+def verdict(value: float, target: tuple[str, float] | None) -> str:
+    """``"<= 1 ok"`` or ``">= 3 MISSED"`` for a figure with a target, else ``""``."""
+    if target is None:
+        return ""
+    op, bound = target
+    ok = {"<=": value <= bound, ">=": value >= bound, ">": value > bound}[op]
+    return f"{op} {bound:g} {'ok' if ok else 'MISSED'}"
+
+
+def missed(figures: Mapping[str, float], targets: Mapping[str, tuple[str, float]]) -> list[str]:
+    """The figures that miss their target."""
+    return [n for n, v in figures.items() if verdict(v, targets.get(n)).endswith("MISSED")]
+
+
+def print_table(
+    figures: Mapping[str, float],
+    targets: Mapping[str, tuple[str, float]],
+    notes: Mapping[str, str] | None = None,
+) -> None:
+    """Every figure with its target and verdict, then what was not measured and why."""
+    width = max(len(n) for n in [*figures, "figure"])
+    print(f"{'figure':<{width}}  {'value':>12}  target")
+    print("-" * (width + 30))
+    for name, value in figures.items():
+        print(f"{name:<{width}}  {value:>12,.3f}  {verdict(value, targets.get(name))}")
+    for name, note in (notes or {}).items():
+        print(f"{name}: not measured — {note}")

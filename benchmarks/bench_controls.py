@@ -53,7 +53,7 @@ import uuid
 from typing import Any
 
 import haikucache
-from _common import load_average, write_report
+from _common import load_average, missed, print_table, write_report
 from haikucache import (
     Budget,
     BudgetExceededError,
@@ -411,29 +411,6 @@ def bench_breaker(calls: int) -> dict[str, float]:
 # --------------------------------------------------------------------------- report
 
 
-def verdict(name: str, value: float) -> str:
-    target = TARGETS.get(name)
-    if target is None:
-        return ""
-    op, bound = target
-    ok = {"<=": value <= bound, ">=": value >= bound, ">": value > bound}[op]
-    return f"{op} {bound:g} {'ok' if ok else 'MISSED'}"
-
-
-def missed(figures: dict[str, float]) -> list[str]:
-    return [n for n, v in figures.items() if verdict(n, v).endswith("MISSED")]
-
-
-def print_table(figures: dict[str, float], notes: dict[str, str]) -> None:
-    width = max(len(n) for n in [*figures, "figure"])
-    print(f"{'figure':<{width}}  {'value':>12}  target")
-    print("-" * (width + 30))
-    for name, value in figures.items():
-        print(f"{name:<{width}}  {value:>12,.4f}  {verdict(name, value)}")
-    for name, note in notes.items():
-        print(f"{name}: not measured — {note}")
-
-
 def run(*, quick: bool, redis: bool = True) -> tuple[dict[str, float], dict[str, str]]:
     figures: dict[str, float] = {}
     notes: dict[str, str] = {}
@@ -471,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     load = load_average()
     figures, notes = run(quick=args.quick, redis=not args.no_redis)
-    print_table(figures, notes)
+    print_table(figures, TARGETS, notes)
     if args.json:
         write_report(
             args.json,
@@ -480,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             quick=args.quick,
             load_at_start=load,
             not_measured=notes,
-            missed=missed(figures),
+            missed=missed(figures, TARGETS),
         )
     return 0
 

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from _common import write_report
+from _common import print_table, write_report
 from haikucache import Client, Engine, MemoryLedger, request_key
 from haikucache.testing import Emulator
 
@@ -256,23 +256,6 @@ TARGETS = {
 }
 
 
-def print_table(figures: dict[str, float]) -> None:
-    rows = []
-    for name, value in figures.items():
-        target = TARGETS.get(name)
-        verdict = ""
-        if target:
-            op, bound = target
-            ok = value <= bound if op == "<=" else value >= bound
-            verdict = f"{op} {bound:g} {'ok' if ok else 'MISSED'}"
-        rows.append((name, f"{value:,.3f}", verdict))
-    width = max(len(r[0]) for r in rows)
-    print(f"{'figure':<{width}}  {'value':>12}  target")
-    print("-" * (width + 30))
-    for name, value, verdict in rows:
-        print(f"{name:<{width}}  {value:>12}  {verdict}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -285,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     figures.update(bench_keys(runs))
     figures.update(bench_roundtrip(runs))
     figures.update(bench_loopback(2000 if args.quick else 6000))
-    print_table(figures)
+    print_table(figures, TARGETS)
     if args.json:
         write_report(args.json, figures, TARGETS, quick=args.quick)
     return 0

@@ -49,7 +49,7 @@ from typing import Any
 
 import httpx
 
-from _common import load_average, write_report
+from _common import load_average, print_table, write_report
 
 HEADERS = {
     "x-api-key": "bench-key",
@@ -461,25 +461,6 @@ def bench_litellm(
 # --------------------------------------------------------------------------- report
 
 
-def print_table(figures: dict[str, float], notes: dict[str, str]) -> None:
-    rows = []
-    for name, value in figures.items():
-        target = TARGETS.get(name)
-        verdict = ""
-        if target:
-            op, bound = target
-            ok = value <= bound if op == "<=" else value >= bound
-            verdict = f"{op} {bound:g} {'ok' if ok else 'MISSED'}"
-        rows.append((name, f"{value:,.3f}", verdict))
-    width = max(len(r[0]) for r in rows)
-    print(f"{'figure':<{width}}  {'value':>12}  target")
-    print("-" * (width + 30))
-    for name, shown, verdict in rows:
-        print(f"{name:<{width}}  {shown:>12}  {verdict}")
-    for name, note in notes.items():
-        print(f"{name}: not measured — {note}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -528,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
                     notes["litellm_proxy_miss_overhead_p50_ms"] = why
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    print_table(figures, notes)
+    print_table(figures, TARGETS, notes)
     if args.json:
         write_report(
             args.json, figures, TARGETS, quick=args.quick, load_at_start=load, not_measured=notes
