@@ -35,6 +35,7 @@ The sync and async twins differ only where I/O happens.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -44,7 +45,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from ._controls import Controls, Ticket, Upstream, error_headers, error_status
 from ._engine import CallInfo, CallOptions, Engine, PreparedCall
-from ._exceptions import CacheStoreError, CircuitOpenError, UsageError
+from ._exceptions import STATUS_BY_ERROR_TYPE, CacheStoreError, CircuitOpenError, UsageError
 from ._singleflight import AsyncLockStore, AsyncSingleFlight, LockStore, SingleFlight
 from ._sse import MessageAccumulator, SSEDecoder
 from ._store import AsyncResponseStore, CacheEntry
@@ -113,19 +114,6 @@ class Outcome(Generic[R]):
     def local(self) -> bool:
         """Served without this call reaching upstream (a hit, or a twin's answer)."""
         return self.source != "miss"
-
-
-#: The HTTP status of each error type an SSE ``error`` event may carry.
-_ERROR_STATUS = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "overloaded_error": 529,
-}
 
 
 class StreamTap:
@@ -220,7 +208,7 @@ class StreamTap:
     def _fail(self, data: Mapping[str, Any]) -> None:
         error = data.get("error")
         kind = error.get("type") if isinstance(error, Mapping) else None
-        self.fail(_ERROR_STATUS.get(str(kind), 500))
+        self.fail(STATUS_BY_ERROR_TYPE.get(str(kind), 500))
 
     def _settle_controls(self) -> None:
         ticket, self._ticket = self._ticket, None
@@ -558,17 +546,25 @@ class Pipeline:
 
     def _attempts(
         self, call: PreparedCall, controls: Controls, reach: bool
-    ) -> list[tuple[PreparedCall, Upstream | None]]:
+    ) -> list[tuple[Callable[[], PreparedCall], Upstream | None]]:
         """The call, then the same request for each fallback, keyed for the model it asks
         (an answer is cached under the model that gave it), with the :class:`Upstream` it
-        goes to (``None``: the door's own). ``reach``: the door can send to another one."""
-        attempts: list[tuple[PreparedCall, Upstream | None]] = [(call, None)]
+        goes to (``None``: the door's own). A fallback is validated and keyed only when it is
+        tried. ``reach``: the door can send to another upstream."""
+        attempts: list[tuple[Callable[[], PreparedCall], Upstream | None]] = [(lambda: call, None)]
+        if not controls.fallback:
+            return attempts
+        unplanned = dataclasses.replace(call)  # planning the call replaces its body
+
+        def refit(model: str) -> Callable[[], PreparedCall]:
+            return lambda: self.engine.refit(unplanned, model)
+
         for fallback in controls.fallback:
             if isinstance(fallback, str):
                 if fallback != call.model:
-                    attempts.append((self.engine.refit(call, fallback), None))
+                    attempts.append((refit(fallback), None))
             elif reach:
-                attempts.append((self.engine.refit(call, fallback.model or call.model), fallback))
+                attempts.append((refit(fallback.model or call.model), fallback))
         return attempts
 
     def _send(
@@ -582,8 +578,9 @@ class Pipeline:
         if controls is None:
             return self._settle(call, send(self.engine.plan(call).body))
         attempts = self._attempts(call, controls, send_to is not None)
-        for index, (attempt, target) in enumerate(attempts):
+        for index, (make, target) in enumerate(attempts):
             last = index == len(attempts) - 1
+            attempt = make()
             try:
                 ticket = controls.admit(attempt, self._where(attempt, target), now=self._now())
             except CircuitOpenError:
@@ -624,8 +621,9 @@ class Pipeline:
         if controls is None:
             return await self._asettle(call, await send(self.engine.plan(call).body))
         attempts = self._attempts(call, controls, send_to is not None)
-        for index, (attempt, target) in enumerate(attempts):
+        for index, (make, target) in enumerate(attempts):
             last = index == len(attempts) - 1
+            attempt = make()
             try:
                 ticket = await controls.aadmit(
                     attempt, self._where(attempt, target), now=self._now()
