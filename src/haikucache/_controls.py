@@ -121,6 +121,10 @@ class Controls:
     breaker: CircuitBreaker | None = None
     fallback: Sequence[Fallback] = ()
     wait: float | None = 30.0
+    # Which prefixes this process sent are still cached upstream (the ITPM estimate).
+    _warmth: _Warmth = field(
+        default_factory=lambda: _Warmth(), init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.budgets is not None and not isinstance(self.budgets, Budgets):
@@ -142,7 +146,6 @@ class Controls:
         object.__setattr__(self, "fallback", tuple(self.fallback))
         if self.wait is not None and not self.wait >= 0:
             raise ConfigurationError("wait must be >= 0 seconds or None")
-        object.__setattr__(self, "_warmth", _Warmth())
 
     @property
     def active(self) -> bool:
@@ -198,14 +201,10 @@ class Controls:
             self.breaker.before(key)  # raises CircuitOpenError while open
         max_tokens = int(call.body.get("max_tokens") or 0)
         worst = worst_case_for_plan(plan, max_tokens) if plan is not None else 0.0
-        estimate = self._warmth_of().estimate(plan, max_tokens, now)
+        estimate = self._warmth.estimate(plan, max_tokens, now)
         if self._limiters() and self.wait is not None:
             estimate["deadline"] = self.wait
         return Ticket(call=call, breaker_key=key, worst_usd=worst, estimate=estimate)
-
-    def _warmth_of(self) -> _Warmth:
-        warmth: _Warmth = self.__dict__["_warmth"]
-        return warmth
 
     def _abandon(self, ticket: Ticket) -> None:
         """Give back what a refused admission held (a refused call was never sent)."""
@@ -240,7 +239,7 @@ class Controls:
                 self.limiter.learn(ticket.call.model, headers, status=200)
             if self.breaker is not None:
                 self.breaker.success(ticket.breaker_key)
-            self._warmth_of().sent(ticket.call.plan, now)
+            self._warmth.sent(ticket.call.plan, now)
         except Exception:  # a control's store failing never fails a call that succeeded
             logger.warning("haikucache: settling a call's controls failed", exc_info=True)
 
@@ -351,7 +350,7 @@ class _Warmth:
         if plan is None:
             return {"output_tokens": max_tokens}
         total = plan.estimated_tokens
-        fps = getattr(plan, "_fps", {})
+        fps = plan.fingerprints
         read = last = 0
         with self._lock:
             for bp in plan.breakpoints:
@@ -371,7 +370,7 @@ class _Warmth:
     def sent(self, plan: Plan | None, now: float) -> None:
         if plan is None:
             return
-        fps = getattr(plan, "_fps", {})
+        fps = plan.fingerprints
         with self._lock:
             for bp in plan.breakpoints:
                 fp = fps.get(bp.path)

@@ -657,6 +657,11 @@ class Plan:
     _tail_fp: int | None = field(default=None, repr=False)
 
     @property
+    def fingerprints(self) -> Mapping[str, int]:
+        """The fingerprint of the prefix up to each breakpoint, by its path."""
+        return self._fps
+
+    @property
     def added(self) -> list[Breakpoint]:
         """The markers the planner added."""
         return [b for b in self.breakpoints if b.added]
