@@ -80,7 +80,7 @@ from ._batch_journal import (
     open_journal,
 )
 from ._batch_progress import BatchProgress
-from ._budget import Budgets, Reservation, worst_case_usd
+from ._budget import Reservation
 from ._catalog import lookup_model
 from ._clock import Clock, SystemClock
 from ._engine import CallOptions, Engine, PreparedCall
@@ -862,45 +862,16 @@ class Batcher:
                 pass
         self._release(job)
 
-    # ------------------------------------------------------------------ budgets
-
     def _reserve(self, job: _Job) -> None:
-        """Reserve the job's worst case at the batch price in the engine's budgets, as the
-        pipeline does for a realtime call: a batch never spends past a hard cap.
-
-        Raises:
-            BudgetExceededError: a hard budget has no room for it (the job is not queued).
-        """
-        budgets = self._budgets()
-        if budgets is None:
-            return
-        # An upper bound of the input: a token is rarely under 3 characters of JSON.
-        worst = worst_case_usd(
-            job.call.model,
-            input_tokens=len(job.body_json) // 3 + 1,
-            max_tokens=int(job.base.get("max_tokens") or 0),
-            cache_write_1h_tokens=len(job.body_json) // 3 + 1 if job.marker_path else 0,
-            batch=True,
+        """The budgets stage for a queued job (the pipeline's; see ``BatchControls``)."""
+        job.reservation = self._context.pipeline.batches.reserve(
+            job.call, job.body_json, marked=job.marker_path is not None
         )
-        job.reservation = budgets.reserve(job.call.namespace, worst)
 
-    def _unreserve(self, job: _Job, cost: float | None = None) -> None:
-        """Settle the job's reservation with what its answer cost, or free it (``None``)."""
+    def _unreserve(self, job: _Job) -> None:
+        """Free the reservation a job still holds (it failed, or goes realtime)."""
         reservation, job.reservation = job.reservation, None
-        budgets = self._budgets()
-        if reservation is None or budgets is None:
-            return
-        try:
-            if cost is None:
-                budgets.release(reservation)
-            else:
-                budgets.settle(reservation, cost)
-        except Exception:  # the reservation lapses on its own
-            logger.warning("haikucache: settling a batch job's budget failed", exc_info=True)
-
-    def _budgets(self) -> Budgets | None:
-        controls = self.engine.controls
-        return controls.budgets if controls is not None else None
+        self._context.pipeline.batches.settle(reservation, None)
 
     def _release(self, job: _Job) -> None:
         """A finished job keeps no request or future alive (its futures' callbacks still
@@ -1473,8 +1444,8 @@ class Batcher:
             )
         ):
             return functools.partial(self._resolve, job, Message(data), batch=True, paid=False)
-        outcome = self._context.pipeline.deliver(call, data, batch=True)
-        self._unreserve(job, outcome.info.cost_usd if outcome.info is not None else None)
+        reservation, job.reservation = job.reservation, None
+        outcome = self._context.pipeline.deliver(call, data, batch=True, reservation=reservation)
         message = self._context.message(outcome)
         self._mark_delivered(token, job.custom_id)
         return functools.partial(self._resolve, job, message, batch=True)

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ._controls import Upstream, error_headers, error_status
+from ._controls import BatchControls, Upstream, error_headers, error_status
 from ._engine import CallOptions, Engine, PreparedCall
 from ._exceptions import (
     APIConnectionError,
@@ -776,57 +776,15 @@ class AsyncBatchResults:
 # --------------------------------------------------------------------------- resources (sync)
 
 
-class _BatchGate:
-    """The rate limiter's Message Batches limits (one RPM over every batch endpoint, and the
-    queue of requests in unfinished batches), at the door every batch call goes through.
-
-    A batch's queue places are taken when it is created and given back the first time it is
-    seen ended (by ``retrieve`` or ``cancel``, as the batcher polls).
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._queued: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def _limiter(self) -> tuple[Any, float | None]:
-        controls = self._engine.controls
-        if controls is None or controls.limiter is None:
-            return None, None
-        return controls.limiter, controls.wait
-
-    def admit(self, requests: int = 0) -> None:
-        limiter, wait = self._limiter()
-        if limiter is not None:
-            limiter.acquire_batch(requests=requests, deadline=wait)
-
-    async def aadmit(self, requests: int = 0) -> None:
-        limiter, wait = self._limiter()
-        if limiter is not None:
-            await limiter.aacquire_batch(requests=requests, deadline=wait)
-
-    def unqueue(self, requests: int) -> None:
-        limiter, _ = self._limiter()
-        if limiter is not None:
-            limiter.release_batch_queue(requests)
-
-    def created(self, batch: MessageBatch, requests: int) -> None:
-        if self._limiter()[0] is not None and batch.id:
-            with self._lock:
-                self._queued[batch.id] = requests
-
-    def seen(self, batch: MessageBatch) -> MessageBatch:
-        if batch.processing_status == "ended":
-            with self._lock:
-                requests = self._queued.pop(batch.id, 0)
-            self.unqueue(requests)
-        return batch
+def _seen_by(gate: BatchControls, batch: MessageBatch) -> MessageBatch:
+    gate.seen(batch.id, batch.processing_status)
+    return batch
 
 
 class Batches:
     """``client.messages.batches``: the Message Batches endpoints (reference §3)."""
 
-    def __init__(self, upstream: SyncUpstream, gate: _BatchGate) -> None:
+    def __init__(self, upstream: SyncUpstream, gate: BatchControls) -> None:
         self._upstream = upstream
         self._gate = gate
 
@@ -859,7 +817,7 @@ class Batches:
             self._gate.unqueue(len(requests))
             raise
         batch = MessageBatch(data)
-        self._gate.created(batch, len(requests))
+        self._gate.created(batch.id, len(requests))
         return batch
 
     def retrieve(
@@ -873,7 +831,7 @@ class Batches:
         path = f"/v1/messages/batches/{_path_id(message_batch_id, 'message_batch_id')}"
         self._gate.admit()
         data, _ = self._upstream.request_json("GET", path, headers=extra_headers, timeout=timeout)
-        return self._gate.seen(MessageBatch(data))
+        return _seen_by(self._gate, MessageBatch(data))
 
     def cancel(
         self,
@@ -886,7 +844,7 @@ class Batches:
         path = f"/v1/messages/batches/{_path_id(message_batch_id, 'message_batch_id')}/cancel"
         self._gate.admit()
         data, _ = self._upstream.request_json("POST", path, headers=extra_headers, timeout=timeout)
-        return self._gate.seen(MessageBatch(data))
+        return _seen_by(self._gate, MessageBatch(data))
 
     def delete(
         self,
@@ -962,7 +920,7 @@ class Messages:
     def __init__(self, upstream: SyncUpstream, context: _CallContext) -> None:
         self._upstream = upstream
         self._context = context
-        self.batches = Batches(upstream, _BatchGate(context.engine))
+        self.batches = Batches(upstream, context.pipeline.batches)
 
     @overload
     def create(
@@ -1244,7 +1202,7 @@ class Messages:
 class AsyncBatches:
     """``client.messages.batches`` of :class:`AsyncClient`; see :class:`Batches`."""
 
-    def __init__(self, upstream: AsyncUpstream, gate: _BatchGate) -> None:
+    def __init__(self, upstream: AsyncUpstream, gate: BatchControls) -> None:
         self._upstream = upstream
         self._gate = gate
 
@@ -1273,7 +1231,7 @@ class AsyncBatches:
             self._gate.unqueue(len(requests))
             raise
         batch = MessageBatch(data)
-        self._gate.created(batch, len(requests))
+        self._gate.created(batch.id, len(requests))
         return batch
 
     async def retrieve(
@@ -1289,7 +1247,7 @@ class AsyncBatches:
         data, _ = await self._upstream.request_json(
             "GET", path, headers=extra_headers, timeout=timeout
         )
-        return self._gate.seen(MessageBatch(data))
+        return _seen_by(self._gate, MessageBatch(data))
 
     async def cancel(
         self,
@@ -1304,7 +1262,7 @@ class AsyncBatches:
         data, _ = await self._upstream.request_json(
             "POST", path, headers=extra_headers, timeout=timeout
         )
-        return self._gate.seen(MessageBatch(data))
+        return _seen_by(self._gate, MessageBatch(data))
 
     async def delete(
         self,
@@ -1374,7 +1332,7 @@ class AsyncMessages:
     def __init__(self, upstream: AsyncUpstream, context: _CallContext) -> None:
         self._upstream = upstream
         self._context = context
-        self.batches = AsyncBatches(upstream, _BatchGate(context.engine))
+        self.batches = AsyncBatches(upstream, context.pipeline.batches)
 
     @overload
     async def create(

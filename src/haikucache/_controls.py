@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._breaker import CircuitBreaker, upstream_key
-from ._budget import Budgets, Reservation, worst_case_for_plan
+from ._budget import Budgets, Reservation, worst_case_for_plan, worst_case_usd
 from ._exceptions import ConfigurationError
 from ._limits import Permit, RateLimiter
 
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from ._engine import CallInfo, PreparedCall
     from ._planner import Plan
 
-__all__ = ["Controls", "Ticket", "Upstream"]
+__all__ = ["BatchControls", "Controls", "Ticket", "Upstream"]
 
 logger = logging.getLogger("haikucache")
 
@@ -280,6 +280,105 @@ class Controls:
             self._abandon(ticket)
         except Exception:
             logger.warning("haikucache: releasing a call's controls failed", exc_info=True)
+
+
+class BatchControls:
+    """The controls of the Message Batches path, which does not go through
+    :meth:`~haikucache.Pipeline.exchange`: budget reservations for batch jobs, and the
+    limiter's batch limits (one RPM over every batch endpoint, and the queue of requests in
+    unfinished batches). Reached as :attr:`Pipeline.batches <haikucache.Pipeline.batches>`;
+    every method is a no-op when the engine has no such control.
+
+    A batch's queue places are taken when it is created and given back the first time it is
+    seen ended (by ``retrieve`` or ``cancel``, as the batcher polls).
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self._queued: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _controls(self) -> Controls | None:
+        controls: Controls | None = self._engine.controls
+        return controls
+
+    # -- budgets: a batch job reserves its worst case at the batch price -------------------
+
+    def reserve(self, call: PreparedCall, body_json: str, *, marked: bool) -> Reservation | None:
+        """Reserve a queued job's worst case, as a realtime call does before it is sent.
+
+        Raises:
+            BudgetExceededError: a hard budget has no room for it (do not queue it).
+        """
+        controls = self._controls()
+        if controls is None or controls.budgets is None:
+            return None
+        # An upper bound of the input: a token is rarely under 3 characters of JSON.
+        tokens = len(body_json) // 3 + 1
+        worst = worst_case_usd(
+            call.model,
+            input_tokens=tokens,
+            max_tokens=int(call.body.get("max_tokens") or 0),
+            cache_write_1h_tokens=tokens if marked else 0,
+            batch=True,
+        )
+        return controls.budgets.reserve(call.namespace, worst)
+
+    def settle(self, reservation: Reservation | None, cost_usd: float | None) -> None:
+        """Settle with what the answer cost, or free the reservation (``None``: the job
+        failed, or went realtime, where the pipeline budgets it anew)."""
+        controls = self._controls()
+        if reservation is None or controls is None or controls.budgets is None:
+            return
+        try:
+            if cost_usd is None:
+                controls.budgets.release(reservation)
+            else:
+                controls.budgets.settle(reservation, cost_usd)
+        except Exception:  # the reservation lapses on its own
+            logger.warning("haikucache: settling a batch job's budget failed", exc_info=True)
+
+    # -- the batch endpoints' own limits ---------------------------------------------------
+
+    def _limiter(self) -> tuple[RateLimiter | None, float | None]:
+        controls = self._controls()
+        if controls is None or controls.limiter is None:
+            return None, None
+        return controls.limiter, controls.wait
+
+    def admit(self, requests: int = 0) -> None:
+        """One call to a batch endpoint (and ``requests`` queue places, for a create).
+
+        Raises:
+            RateLimitedError: the batch limits cannot admit it within the controls' wait.
+        """
+        limiter, wait = self._limiter()
+        if limiter is not None:
+            limiter.acquire_batch(requests=requests, deadline=wait)
+
+    async def aadmit(self, requests: int = 0) -> None:
+        """The async twin of :meth:`admit`."""
+        limiter, wait = self._limiter()
+        if limiter is not None:
+            await limiter.aacquire_batch(requests=requests, deadline=wait)
+
+    def unqueue(self, requests: int) -> None:
+        """Give back queue places (a create that failed)."""
+        limiter, _ = self._limiter()
+        if limiter is not None:
+            limiter.release_batch_queue(requests)
+
+    def created(self, batch_id: str, requests: int) -> None:
+        if self._limiter()[0] is not None and batch_id:
+            with self._lock:
+                self._queued[batch_id] = requests
+
+    def seen(self, batch_id: str, processing_status: str | None) -> None:
+        """A batch's state was read: an ended one gives its queue places back (once)."""
+        if processing_status == "ended":
+            with self._lock:
+                requests = self._queued.pop(batch_id, 0)
+            self.unqueue(requests)
 
 
 @dataclass

@@ -43,7 +43,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from ._controls import Controls, Ticket, Upstream, error_headers, error_status
+from ._budget import Reservation
+from ._controls import BatchControls, Controls, Ticket, Upstream, error_headers, error_status
 from ._engine import CallInfo, CallOptions, Engine, PreparedCall
 from ._exceptions import STATUS_BY_ERROR_TYPE, CacheStoreError, CircuitOpenError, UsageError
 from ._singleflight import AsyncLockStore, AsyncSingleFlight, LockStore, SingleFlight
@@ -256,6 +257,9 @@ class Pipeline:
     ) -> None:
         self.engine = engine
         self.upstream = upstream
+        #: The controls of the Message Batches path (budgets for batch jobs, the batch
+        #: endpoints' limits), for the doors that reach it: the client and the batcher.
+        self.batches = BatchControls(engine)
         store = engine.store
         # Every haikucache store has leases; a home-made store without them coalesces
         # within the process only.
@@ -509,10 +513,17 @@ class Pipeline:
     # -- 7 account, 8 store (also the batcher's way in for answers it collected) ----------
 
     def deliver(
-        self, call: PreparedCall, message: dict[str, Any], *, batch: bool = False
+        self,
+        call: PreparedCall,
+        message: dict[str, Any],
+        *,
+        batch: bool = False,
+        reservation: Reservation | None = None,
     ) -> Outcome[Any]:
-        """Account and store an answer that reached this process some other way (a batch)."""
+        """Account and store an answer that reached this process some other way (a batch);
+        settle the budget ``reservation`` made for it (:meth:`BatchControls.reserve`)."""
         info = self._account(call, message, batch=batch)
+        self.batches.settle(reservation, info.cost_usd)
         self._store(call, message, info)
         outcome: Outcome[Any] = Outcome(call, "miss", message, info)
         if self.engine.telemetry is not None:
@@ -520,10 +531,16 @@ class Pipeline:
         return outcome
 
     async def adeliver(
-        self, call: PreparedCall, message: dict[str, Any], *, batch: bool = False
+        self,
+        call: PreparedCall,
+        message: dict[str, Any],
+        *,
+        batch: bool = False,
+        reservation: Reservation | None = None,
     ) -> Outcome[Any]:
         """The async twin of :meth:`deliver`."""
         info = self._account(call, message, batch=batch)
+        self.batches.settle(reservation, info.cost_usd)
         await self._astore(call, message, info)
         outcome: Outcome[Any] = Outcome(call, "miss", message, info)
         if self.engine.telemetry is not None:
