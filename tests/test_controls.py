@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from _emulated import BASE_URL, HAIKU, SONNET, ask, emulated_client
 from haikucache import (
     AsyncClient,
     Budget,
@@ -32,30 +33,9 @@ from haikucache import (
 )
 from haikucache.testing import Emulator
 
-HAIKU = "claude-haiku-4-5"
-SONNET = "claude-sonnet-4-5"
-BASE_URL = "http://emulator.test"
-
 
 def client(emu: Emulator, controls: Controls, **engine: Any) -> Client:
-    engine.setdefault("ledger", MemoryLedger())
-    engine.setdefault("store", "memory")
-    return Client(
-        api_key="sk-test",
-        base_url=BASE_URL,
-        transport=emu.transport(),
-        engine=Engine(controls=controls, **engine),
-        max_retries=0,
-    )
-
-
-def ask(question: str, *, model: str = HAIKU, **params: Any) -> dict[str, Any]:
-    return {
-        "model": model,
-        "max_tokens": 1024,
-        "messages": [{"role": "user", "content": question}],
-        **params,
-    }
+    return emulated_client(emu, controls=controls, **engine)
 
 
 def spent(c: Client) -> float:

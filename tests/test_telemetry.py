@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import haikucache
+from _emulated import BASE_URL, HAIKU, SONNET, ask, emulated_client
 from haikucache import (
     AsyncClient,
     Batcher,
@@ -40,9 +41,6 @@ from haikucache import (
 )
 from haikucache.testing import Emulator
 
-HAIKU = "claude-haiku-4-5"
-SONNET = "claude-sonnet-4-5"
-BASE_URL = "http://emulator.test"
 SECRET = "the password is swordfish"
 
 
@@ -96,24 +94,7 @@ def otel() -> Iterator[Otel]:
 
 
 def client(emu: Emulator, telemetry: Telemetry, **engine: Any) -> Client:
-    engine.setdefault("ledger", MemoryLedger())
-    engine.setdefault("store", "memory")
-    return Client(
-        api_key="sk-test",
-        base_url=BASE_URL,
-        transport=emu.transport(),
-        engine=Engine(telemetry=telemetry, **engine),
-        max_retries=0,
-    )
-
-
-def ask(question: str, *, model: str = HAIKU, **params: Any) -> dict[str, Any]:
-    return {
-        "model": model,
-        "max_tokens": 1024,
-        "messages": [{"role": "user", "content": question}],
-        **params,
-    }
+    return emulated_client(emu, telemetry=telemetry, **engine)
 
 
 def text_of(span: ReadableSpan) -> str:
