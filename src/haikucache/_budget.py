@@ -33,13 +33,13 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from ._catalog import known_models, lookup_model
 from ._clock import Clock, SystemClock
 from ._exceptions import BudgetExceededError, ConfigurationError, UsageError
 from ._ledger import TokenCounts, price_usage
-from ._redis_link import RedisLink
+from ._redis_link import RedisScripted
 
 if TYPE_CHECKING:
     from ._planner import Plan
@@ -556,7 +556,7 @@ return out
 )
 
 
-class RedisBudgetBackend:
+class RedisBudgetBackend(RedisScripted):
     """Budgets in Redis, shared by every process and machine that points at it.
 
     Every reserve, settle and release is one Lua script over all the accounts of the call, so
@@ -577,27 +577,12 @@ class RedisBudgetBackend:
         MissingDependencyError: the ``redis`` package is not installed.
     """
 
-    def __init__(
-        self,
-        url: str = "redis://127.0.0.1:6379/0",
-        *,
-        prefix: str = "hc:",
-        socket_timeout: float = 1.0,
-        client: Any = None,
-        async_client: Any = None,
-    ) -> None:
-        self.prefix = prefix
-        self._link = RedisLink(
-            url,
-            {"reserve": _LUA_RESERVE, "settle": _LUA_SETTLE, "state": _LUA_STATE},
-            feature="The Redis budget backend",
-            socket_timeout=socket_timeout,
-            client=client,
-            async_client=async_client,
-        )
-
-    def __repr__(self) -> str:
-        return f"RedisBudgetBackend({self._link!r}, prefix={self.prefix!r})"
+    SCRIPTS: ClassVar[Mapping[str, str]] = {
+        "reserve": _LUA_RESERVE,
+        "settle": _LUA_SETTLE,
+        "state": _LUA_STATE,
+    }
+    FEATURE = "The Redis budget backend"
 
     def _keys(self, accounts: Sequence[Account]) -> list[str]:
         keys: list[str] = []
@@ -663,14 +648,6 @@ class RedisBudgetBackend:
 
     async def astate(self, now: float, accounts: Sequence[Account]) -> list[tuple[int, int]]:
         return self._pairs(await self._link.arun("state", self._keys(accounts), [repr(now)]))
-
-    def close(self) -> None:
-        """Close the sync client (if this backend made it)."""
-        self._link.close()
-
-    async def aclose(self) -> None:
-        """Close the async client (if this backend made it)."""
-        await self._link.aclose()
 
 
 # --------------------------------------------------------------------------- budgets

@@ -42,12 +42,12 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from ._catalog import lookup_model
 from ._clock import Clock, SystemClock
 from ._exceptions import ConfigurationError, ControlStoreError, RateLimitedError, UsageError
-from ._redis_link import RedisLink
+from ._redis_link import RedisScripted
 
 __all__ = [
     "BATCH_SCOPE",
@@ -420,7 +420,7 @@ return out
 )
 
 
-class RedisLimiterBackend:
+class RedisLimiterBackend(RedisScripted):
     """Buckets in Redis, shared by every process and machine that points at it.
 
     Each take or update is one Lua script over all the buckets of a call, so the check and the
@@ -440,27 +440,12 @@ class RedisLimiterBackend:
         MissingDependencyError: the ``redis`` package is not installed.
     """
 
-    def __init__(
-        self,
-        url: str = "redis://127.0.0.1:6379/0",
-        *,
-        prefix: str = "hc:",
-        socket_timeout: float = 1.0,
-        client: Any = None,
-        async_client: Any = None,
-    ) -> None:
-        self.prefix = prefix
-        self._link = RedisLink(
-            url,
-            {"take": _LUA_TAKE, "update": _LUA_UPDATE, "levels": _LUA_LEVELS},
-            feature="The Redis rate limiter",
-            socket_timeout=socket_timeout,
-            client=client,
-            async_client=async_client,
-        )
-
-    def __repr__(self) -> str:
-        return f"RedisLimiterBackend({self._link!r}, prefix={self.prefix!r})"
+    SCRIPTS: ClassVar[Mapping[str, str]] = {
+        "take": _LUA_TAKE,
+        "update": _LUA_UPDATE,
+        "levels": _LUA_LEVELS,
+    }
+    FEATURE = "The Redis rate limiter"
 
     def _key(self, key: str) -> str:
         scope, _, limit = key.rpartition(":")
@@ -507,14 +492,6 @@ class RedisLimiterBackend:
             args += [repr(op.capacity), repr(op.rate)]
         raw = self._link.run("levels", [self._key(op.key) for op in ops], args)
         return [float(v) for v in raw]
-
-    def close(self) -> None:
-        """Close the sync client (if this backend made it)."""
-        self._link.close()
-
-    async def aclose(self) -> None:
-        """Close the async client (if this backend made it)."""
-        await self._link.aclose()
 
 
 @dataclass

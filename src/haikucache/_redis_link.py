@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from ._exceptions import ConfigurationError, ControlStoreError, MissingDependencyError
 
@@ -131,3 +131,53 @@ class RedisLink:
             await self._aclient.aclose()
             self._aclient = None
             self._ascripts = None
+
+
+class RedisScripted:
+    """A backend whose state lives in Redis behind Lua scripts (the budgets', the rate
+    limiter's): the link, the key prefix, and closing.
+
+    Args:
+        url: a ``redis://`` or ``rediss://`` URL.
+        prefix: prepended to every key.
+        socket_timeout: seconds before an operation fails.
+        client: a ready ``redis.Redis`` (not closed by us).
+        async_client: a ready ``redis.asyncio.Redis`` (not closed by us).
+
+    Raises:
+        MissingDependencyError: the ``redis`` package is not installed.
+    """
+
+    #: The Lua scripts by name, and what uses them (for the install hint).
+    SCRIPTS: ClassVar[Mapping[str, str]] = {}
+    FEATURE = "A Redis backend"
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "hc:",
+        socket_timeout: float = 1.0,
+        client: Any = None,
+        async_client: Any = None,
+    ) -> None:
+        self.prefix = prefix
+        self._link = RedisLink(
+            url,
+            self.SCRIPTS,
+            feature=self.FEATURE,
+            socket_timeout=socket_timeout,
+            client=client,
+            async_client=async_client,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._link!r}, prefix={self.prefix!r})"
+
+    def close(self) -> None:
+        """Close the sync client (if this backend made it)."""
+        self._link.close()
+
+    async def aclose(self) -> None:
+        """Close the async client (if this backend made it)."""
+        await self._link.aclose()
