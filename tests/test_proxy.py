@@ -962,3 +962,27 @@ def test_semantic_lookup_through_the_proxy_stays_within_a_key(
 def test_semantic_needs_a_store() -> None:
     with pytest.raises(ConfigurationError, match="response cache"):
         ProxyConfig(emulator=True, store="none", semantic=True)
+
+
+def test_replicas_on_a_shared_store_share_the_planners_statistics(
+    tmp_path: Path, redis_url: str
+) -> None:
+    from haikucache._planner import SharedPrefixStats
+    from haikucache._proxy import _build_store, _planner
+
+    for settings, shared in (
+        ({"store": redis_url}, True),
+        ({"store": str(tmp_path / "disk"), "workers": 2}, True),
+        ({"store": str(tmp_path / "disk")}, False),
+    ):
+        config = ProxyConfig(emulator=True, **settings)
+        planner = _planner(config, _build_store(config.store))
+        assert isinstance(getattr(planner, "stats", None), SharedPrefixStats) is shared, settings
+
+
+def test_telemetry_is_on_when_asked(start_proxy: Callable[..., ProxyServer], upstream: str) -> None:
+    pytest.importorskip("opentelemetry")
+    from haikucache._proxy import _Proxy
+
+    assert _Proxy(ProxyConfig(upstream=upstream, telemetry=True)).door.engine.telemetry is not None
+    assert _Proxy(ProxyConfig(upstream=upstream)).door.engine.telemetry is None
