@@ -333,7 +333,7 @@ def crash_run(n: int, workdir: Path) -> dict[str, Any]:
     delivered = sum(
         1
         for i in range(n)
-        if store.get(engine.prepare(small_job(1_000_000 + i), credential=None).key, now=now)
+        if store.get(engine.prepare(small_job(1_000_000 + i), credential=KEY).key, now=now)
         is not None
     )
     store.close()
