@@ -116,11 +116,21 @@ def _shared_depth(a: Flat, b: Flat, depth: int) -> int:
     return lo
 
 
-def _unit_cost(unit: _Unit) -> float:
-    """The cheapest multiplier sum over one unit's occurrences (see the module docstring)."""
+# How the first occurrence of a unit may be billed, when it is fixed (``first_write``).
+FIRST_WRITES = {
+    "plain": [PLAIN, _INF, _INF, _INF],
+    "5m": [_INF, WRITE_5M, _INF, _INF],
+    "1h": [_INF, _INF, _INF, WRITE_1H],
+}
+
+
+def _unit_cost(unit: _Unit, first: str | None = None) -> float:
+    """The cheapest multiplier sum over one unit's occurrences (see the module docstring);
+    with ``first``, the first occurrence is billed that way (``FIRST_WRITES``)."""
     times, flats, depth = unit.times, unit.flats, unit.depth
     nexts = [f.keys[depth + 1] if depth + 1 < len(f.keys) else None for f in flats]
-    cost = [PLAIN, WRITE_5M, _INF, WRITE_1H]  # indexed by state
+    # Indexed by state.
+    cost = list(FIRST_WRITES[first]) if first else [PLAIN, WRITE_5M, _INF, WRITE_1H]
     # Per next block: the occurrences that continued with it, within the last hour.
     recent: dict[bytes, list[int]] = {}
     for j in range(len(times)):
@@ -164,9 +174,17 @@ def _unit_cost(unit: _Unit) -> float:
     return min(cost)
 
 
-def oracle_input_units(calls: Iterable[tuple[float, Flat]]) -> float:
-    """Input tokens × price multiplier summed over ``calls`` (``(time, flat)``, time order)."""
+def oracle_input_units(
+    calls: Iterable[tuple[float, Flat]], *, first_write: str | None = None
+) -> float:
+    """Input tokens × price multiplier summed over ``calls`` (``(time, flat)``, time order).
+
+    ``first_write`` ("plain", "5m" or "1h") fixes how the first call bills its anchor unit
+    (the prefix up to its first block that reaches the minimum): the bound for a planner that
+    made that choice, at a moment when it had seen nothing.
+    """
     units: dict[bytes, _Unit] = {}
+    first_anchor: bytes | None = None
     plain = 0.0
     for when, flat in calls:
         n = len(flat.keys)
@@ -175,6 +193,8 @@ def oracle_input_units(calls: Iterable[tuple[float, Flat]]) -> float:
             plain += flat.total
             continue
         plain += flat.total - flat.prefix[-1]
+        if first_anchor is None:
+            first_anchor = flat.keys[anchor]
         for i in range(anchor, n):
             key = flat.keys[i]
             unit = units.get(key)
@@ -183,17 +203,24 @@ def oracle_input_units(calls: Iterable[tuple[float, Flat]]) -> float:
                 unit = units[key] = _Unit(tokens, i, [], [])
             unit.times.append(when)
             unit.flats.append(flat)
-    return plain + sum(u.tokens * _unit_cost(u) for u in units.values())
+    return plain + sum(
+        u.tokens * _unit_cost(u, first_write if key == first_anchor else None)
+        for key, u in units.items()
+    )
 
 
 def oracle_usd(
-    calls: Iterable[tuple[float, Flat]], output_tokens: int, *, model: str = "claude-haiku-4-5"
+    calls: Iterable[tuple[float, Flat]],
+    output_tokens: int,
+    *,
+    model: str = "claude-haiku-4-5",
+    first_write: str | None = None,
 ) -> float:
-    """The oracle's bill in US dollars."""
+    """The oracle's bill in US dollars (``first_write``: see :func:`oracle_input_units`)."""
     info = lookup_model(model)
     if info is None:
         raise ValueError(f"unknown model {model!r}")
     return (
-        oracle_input_units(calls) * info.input_usd_per_mtok
+        oracle_input_units(calls, first_write=first_write) * info.input_usd_per_mtok
         + output_tokens * info.output_usd_per_mtok
     ) / 1_000_000

@@ -589,3 +589,19 @@ def test_oracle_is_tight_on_a_repeated_prefix() -> None:
     ) == pytest.approx(2.2 * prefix + 3 * (total - prefix))
     # Two hours apart nothing can be shared.
     assert _oracle.oracle_input_units([(0.0, flat), (7200.0, flat)]) == pytest.approx(2 * total)
+
+
+def test_the_oracle_with_its_first_write_fixed_is_a_bound_for_each_choice() -> None:
+    """Fixing how the first call bills its shared prefix only adds a constraint: each fixed
+    bound is at least the free one, and the cheapest of the three is the free one."""
+    workload = _workloads.make_rag(documents=3, queries=12, seed=4, layout="system")
+    tok = Tokenizer()
+    calls = [
+        (when, _oracle.flatten(workload.sessions[s].requests[r], tok))
+        for when, s, r in _workloads.arrivals(workload, "3m", seed=4)
+    ]
+    free = _oracle.oracle_input_units(calls)
+    fixed = {c: _oracle.oracle_input_units(calls, first_write=c) for c in _oracle.FIRST_WRITES}
+    assert all(v >= free - 1e-6 for v in fixed.values())
+    assert min(fixed.values()) == pytest.approx(free)
+    assert len({round(v, 3) for v in fixed.values()}) == 3  # the choice matters here

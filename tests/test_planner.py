@@ -814,3 +814,31 @@ def test_one_planner_is_safe_to_share_between_threads() -> None:
         # Each plan is of its own request: markers only added, nothing else changed.
         assert plan.body["messages"][0]["content"][0]["text"] == body["messages"][0]["content"]
         assert plan.body["system"][0]["text"] == body["system"]
+
+
+def test_a_conversation_continued_after_a_long_pause_counts_as_continued(
+    clock: ManualClock,
+) -> None:
+    """A human turn after a pause longer than the planner's guess of a conversation's end is
+    a continuation after all: the count of ended conversations is corrected, and the shared
+    prefixes it reads through its cached tail are not counted as reused on their own."""
+    planner = Planner(clock=clock)
+    stats = planner.stats
+    turns: list[dict[str, Any]] = [{"role": "user", "content": "Where is my refund? " * 400}]
+    plans = []
+    for i in range(3):
+        plans.append(planner.plan(request(list(turns))))
+        planner.observe(plans[-1], {"cache_creation_input_tokens": 5000})
+        turns += [
+            {"role": "assistant", "content": f"Answer {i}."},
+            {"role": "user", "content": f"Follow-up {i}?"},
+        ]
+        clock.advance(20)
+    system_fp = plans[0]._fps["system.0"]
+    sighted = stats.record(system_fp).count
+    clock.advance(200)  # past the ended-conversation horizon learned from 20 s turns
+    planner.plan(request(list(turns)))
+    # The tail is still cached (5 m): the system prompt is read through it, not sighted.
+    assert stats.record(system_fp).count == sighted
+    recur, _, _ = stats.family("tail")
+    assert stats._families["tail"].lapsed == 0 and recur > 0.8

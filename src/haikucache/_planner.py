@@ -349,6 +349,9 @@ class PrefixStats:
         self._max = max_prefixes
         self._prefixes: OrderedDict[int, _Record] = OrderedDict()
         self._tails: OrderedDict[int, tuple[float, str]] = OrderedDict()
+        # Tails settled as ended, kept a while: a conversation that continues after all was
+        # counted as ended too early, and the count is corrected.
+        self._ended: OrderedDict[int, tuple[float, str]] = OrderedDict()
         self._alive: OrderedDict[int, tuple[float, str]] = OrderedDict()
         self._first_seen: deque[tuple[float, int]] = deque()
         self._slots: OrderedDict[int, _Sightings] = OrderedDict()
@@ -384,6 +387,13 @@ class PrefixStats:
                 break
             del tails[fp]
             self._families[kind].lapsed += 1
+            self._ended[fp] = (when, kind)
+        ended = self._ended
+        while ended:
+            fp, (when, _) = next(iter(ended.items()))
+            if when >= now - _HORIZON and len(ended) <= self._max:
+                break
+            del ended[fp]
 
     def _tail_horizon(self, kind: str) -> float:
         # A conversation is taken as ended once it has been quiet for three times the longest
@@ -441,7 +451,10 @@ class PrefixStats:
     def _extend(self, fp: int, now: float) -> bool:
         seen = self._tails.pop(fp, None)
         if seen is None:
-            return False
+            seen = self._ended.pop(fp, None)
+            if seen is None:
+                return False
+            self._families[seen[1]].lapsed -= 1
         when, kind = seen
         family = self._families[kind]
         family.recurred += 1
@@ -814,33 +827,34 @@ class Planner:
         extended = self.stats.find_extended_tail(fps, now)
         if extended is not None and tail is not None and extended >= blocks.index(tail):
             extended = None  # the same request again is not a continuation of itself
-        # A request that continues a conversation whose prefix is still cached reads through
-        # its tail; the shared prefixes inside it (tools, system) are not being reused on
-        # their own, so their statistics describe only independent arrivals.
-        covered = extended is not None and self.stats.alive(fps[extended], now) is not None
         continuing = extended is not None or any(b.role == "assistant" for b in blocks)
         tail_kind = "tail" if continuing else "tail_first"
         candidates = self._candidates(blocks, auto, extended, tail_kind, now, skipped)
-        for c in candidates:
-            if c.kind in ("tools", "system", "context"):
-                c.slot = _slot(blocks, c)
+        shared = [c for c in candidates if c.kind in ("tools", "system", "context")]
+        for c in shared:
+            c.slot = _slot(blocks, c)
+        # A shared prefix before a live entry is read through it (a conversation continued
+        # while its prefix is cached), whether or not the conversation's last tail is still
+        # remembered: it is not being reused on its own, and its statistics describe only
+        # independent arrivals.
+        live = self.stats.last_alive(fps, len(blocks), now)
+        covered = {id(c): live is not None and live > blocks.index(c.block) for c in shared}
         # Price from the tail backwards: a marker whose tokens a later marker writes anyway
         # costs no write premium of its own — at 1 h if any later marker writes 1 h (the API
         # bills everything up to the last 1 h breakpoint at the 1 h rate, and a 5 m marker
         # may not come before it).
         later_write: str | None = None
         for c in sorted(candidates, key=lambda c: c.block.cum, reverse=True):
-            self._price(c, body, min_tokens, now, skipped, later_write, covered)
+            self._price(c, body, min_tokens, now, skipped, later_write, covered.get(id(c), False))
             if c.ttl is not None and not c.live:
                 later_write = "1h" if "1h" in (c.ttl, later_write) else "5m"
         chosen = self._choose(candidates, slots, caller, skipped)
         # Learn from this request only after pricing it, so it does not count as its own
         # evidence; and only from prefixes long enough to be cached at all — how often a
         # short prefix recurs says nothing about the ones that matter.
-        if not covered:
-            for c in candidates:
-                if c.eligible and c.kind in ("tools", "system", "context"):
-                    self.stats.sight(c.kind, c.block.fp, now, c.slot)
+        for c in shared:
+            if c.eligible and not covered[id(c)]:
+                self.stats.sight(c.kind, c.block.fp, now, c.slot)
         if tail is not None and tail.cum >= min_tokens * _MARK_FROM:
             self.stats.add_tail(tail.fp, now, tail_kind)
         self.stats.flush()
