@@ -16,10 +16,11 @@ For each request the planner:
    (a long document or retrieved text), the conversation tail, and a *bridge* at the last
    prefix it knows is cached when that lies beyond the 20-block lookback of the tail;
 3. prices each candidate with what it has observed (policy ``adaptive``): for a shared prefix,
-   the share of sightings that come back within 5 minutes and within the hour — of this
-   prefix if it has a history of its own, else of its *slot* (its kind and position after the
-   prefix before it: "the document opening the user turn of this application"), else of its
-   kind — and for the tail how often conversations continue and how soon. A marker is placed
+   the chance it comes back within 5 minutes and within the hour — from its own returns if it
+   has a history (a Poisson rate, uncertain after few returns), else from how often prefixes
+   new to its *slot* came back (its kind and position after the prefix before it: "the
+   document opening the user turn of this application"), else from its kind — and for the
+   tail how often conversations continue and how soon. A marker is placed
    only where its expected reads pay for its write premium, with the TTL (5 m or 1 h) that
    saves the most per sighting — a 1-hour write pays off when reuses come more than 5
    minutes apart but within the hour — and none at all where a prefix is not expected to
@@ -271,13 +272,23 @@ class _Sightings:
             oldest = self._log[0]
             if self._open.get(oldest[2]) is oldest:
                 del self._open[oldest[2]]
-        entry = [now, None, fp]
+        entry = [now, None, fp, previous is None]
         self._log.append(entry)
         self._open[fp] = entry
 
-    def rates(self, prior: Mapping[str, float], weight: float, now: float) -> dict[str, float]:
-        """Shares back within 5 m and 1 h, shrunk toward ``prior`` (worth ``weight``)."""
-        log = self._log
+    def rates(
+        self, prior: Mapping[str, float], weight: float, now: float, *, first: bool = False
+    ) -> dict[str, float]:
+        """Shares back within 5 m and 1 h, shrunk toward ``prior`` (worth ``weight``); with
+        ``first``, of first sightings only (how often a prefix new to the slot comes back).
+
+        The 1-hour share is estimated in two steps: back within 5 minutes, then back within
+        the hour *given* not back within 5 minutes. The second is learned only from
+        sightings that have waited past 5 minutes, so a young history full of quick returns
+        (the first minutes of a popular document) leaves returns after 5 minutes to the
+        prior rather than to an extrapolation of the quick ones.
+        """
+        log = [e for e in self._log if e[3]] if first else self._log
         n = len(log)
         if n == 0:
             return dict(prior)
@@ -295,18 +306,26 @@ class _Sightings:
             if not censored:
                 survive *= 1.0 - 1.0 / at_risk
             at_risk -= 1
-        out = {}
-        for ttl, seconds in TTL_SECONDS.items():
-            if ttl in at:
-                s = at[ttl]
-            elif horizon <= 0.0 or survive <= 0.0:
-                s = survive
-            else:
-                # Nobody has waited that long yet: continue at the rate seen so far.
-                s = survive ** (seconds / horizon)
-            out[ttl] = (n * (1.0 - s) + weight * prior[ttl]) / (n + weight)
-        out["1h"] = max(out["1h"], out["5m"])
-        return out
+        five, hour = TTL_SECONDS["5m"], TTL_SECONDS["1h"]
+        if "5m" in at:
+            s5 = at["5m"]
+        elif horizon <= 0.0 or survive <= 0.0:
+            s5 = survive
+        else:  # nobody has waited 5 minutes yet: continue at the rate seen so far
+            s5 = survive ** (five / horizon)
+        q5 = (n * (1.0 - s5) + weight * prior["5m"]) / (n + weight)
+        # Back within the hour, given not within 5 minutes: from the sightings that waited.
+        later_prior = (prior["1h"] - prior["5m"]) / max(1e-9, 1.0 - prior["5m"])
+        later_prior = min(1.0, max(0.0, later_prior))
+        waited = sum(1 for duration, _ in events if duration > five)
+        if waited == 0 or s5 <= 0.0:
+            later_seen = later_prior
+        elif "1h" in at:
+            later_seen = 1.0 - at["1h"] / s5
+        else:  # nobody has waited an hour: continue the rate of return seen after 5 minutes
+            later_seen = 1.0 - (survive / s5) ** ((hour - five) / (horizon - five))
+        later = (waited * later_seen + weight * later_prior) / (waited + weight)
+        return {"5m": q5, "1h": q5 + (1.0 - q5) * later}
 
 
 @dataclass
@@ -360,11 +379,13 @@ class PrefixStats:
             # others (tools picked per request): the first sighting gets a 5 m entry.
             "tools": _Family(prior_recur=0.8, prior_gap=60.0, prior_hits={"5m": 0.4, "1h": 0.6}),
             "system": _Family(prior_recur=0.8, prior_gap=60.0),
-            # A long document may well be asked about once: until reuse is seen, assume it
-            # comes too late for a 5-minute entry.
-            "context": _Family(
-                prior_recur=0.5, prior_gap=600.0, prior_hits={"5m": 0.2, "1h": 0.35}
-            ),
+            # A long document may well be asked about once, and rarely again within 5
+            # minutes. One that has not come back within 5 minutes is taken to come back
+            # within the hour half the time until sightings say otherwise: while nothing is
+            # known, a 1-hour write risks 0.75× the prefix (if 5 minutes would have done) and
+            # a 5-minute one 1.25× (written again when it lapses, if an hour was needed); the
+            # smaller risk is taken.
+            "context": _Family(prior_recur=0.5, prior_gap=600.0, prior_hits={"5m": 0.2, "1h": 0.6}),
             # A conversation's first request, and a request that continues one.
             "tail_first": _Family(prior_recur=0.5, prior_gap=5.0),
             "tail": _Family(prior_recur=0.8, prior_gap=5.0),
@@ -509,7 +530,9 @@ class PrefixStats:
         with self._lock:
             return self._prefixes.get(fp)
 
-    def hit_rates(self, kind: str, slot: int | None, now: float) -> dict[str, float]:
+    def hit_rates(
+        self, kind: str, slot: int | None, now: float, *, first: bool = False
+    ) -> dict[str, float]:
         """The share of sightings whose prefix comes back within 5 m and within 1 h.
 
         A *slot* is one position of one application's prompt — "the system block after these
@@ -524,6 +547,10 @@ class PrefixStats:
             seen = self._slots.get(slot) if slot is not None else None
             if seen is not None:
                 rates = seen.rates(rates, _PSEUDO, now)
+            if first:
+                rates = family.sightings.rates(rates, _PSEUDO, now, first=True)
+                if seen is not None:
+                    rates = seen.rates(rates, _PSEUDO, now, first=True)
             return rates
 
     def family(self, kind: str) -> tuple[float, list[float], float]:
@@ -731,7 +758,6 @@ class _Candidate:
 
 
 _PSEUDO = 3.0  # weight of the prior, in observations
-_OWN_PSEUDO = 2.0  # weight of the slot, in observations, against a prefix's own gaps
 _MIN_GAIN = 0.15  # expected saving per token a paid cache write must promise
 
 
@@ -1012,12 +1038,10 @@ class Planner:
         if single_use:
             p, within = fam_p, family_within
         else:
-            # What a fixed marker in this slot would have read: the share of sightings that
-            # repeated their prefix within the TTL. A prefix with a history of its own
-            # leans on its own gaps (this arrival's too, unless it only continues a cached
-            # conversation) rather than on its slot's.
+            # The gaps between this prefix's sightings (this arrival's too, unless it only
+            # continues a cached conversation).
             record = self.stats.record(c.block.fp)
-            p, rates = 1.0, self.stats.hit_rates(c.kind, c.slot, now)
+            p = 1.0
             gaps: list[float] = []
             if record is not None:
                 seen = record.count
@@ -1025,15 +1049,21 @@ class Planner:
                 if not covered:
                     gaps.append(max(0.0, now - record.last))
 
+            # A prefix with a history of its own comes back at its own rate, uncertain after
+            # a few returns: a Poisson rate with a Gamma prior (shape 1, its mean set by how
+            # often a prefix new to this slot comes back within the hour), updated by the
+            # returns seen and the time they took. A new prefix has only its slot: the share
+            # of *first* sightings there that came back (a popular document's many quick
+            # returns say little about a document seen for the first time).
+            fresh = self.stats.hit_rates(c.kind, c.slot, now, first=True)
+            p_new = min(0.999, max(1e-3, fresh["1h"]))
+            prior_time = TTL_SECONDS["1h"] * (1.0 - p_new) / p_new
+
             def within(seconds: float) -> float:
-                # One prefix comes back at its own steady rate (exponential gaps, rate =
-                # returns ÷ time they took), so a document asked about every two minutes
-                # is expected back within the hour even when no gap over 5 m was seen.
-                slot_rate = rates["5m" if seconds <= TTL_SECONDS["5m"] else "1h"]
                 if not gaps:
-                    return slot_rate
-                own = 1.0 - math.exp(-seconds * len(gaps) / max(1e-9, sum(gaps)))
-                return (len(gaps) * own + _OWN_PSEUDO * slot_rate) / (len(gaps) + _OWN_PSEUDO)
+                    return fresh["5m" if seconds <= TTL_SECONDS["5m"] else "1h"]
+                exposure = prior_time + sum(gaps)
+                return 1.0 - (exposure / (exposure + seconds)) ** (1 + len(gaps))
 
         premium = dict(WRITE_PREMIUM)
         if later_write == "5m":
