@@ -224,6 +224,32 @@ def _marker(strategy: str) -> Callable[[Mapping[str, Any]], Mapping[str, Any]]:
     return _strategies.PEERS[strategy]
 
 
+def _result(
+    workload: Workload,
+    gap: str,
+    strategy: str,
+    emu: Emulator,
+    outputs: Mapping[tuple[int, int], int],
+    started: float,
+    seed: int,
+    refresh: str,
+) -> CellResult:
+    """What the emulator billed for one replayed cell."""
+    return CellResult(
+        workload=workload.name,
+        gap=gap,
+        strategy=strategy,
+        usd=emu.bill.total_usd,
+        tokens=emu.bill.tokens(),
+        outputs=[outputs[k] for k in sorted(outputs)],
+        calls=len(outputs),
+        seconds=time.perf_counter() - started,
+        extra_bill_entries=len(emu.bill) - len(outputs),
+        seed=seed,
+        refresh=refresh,
+    )
+
+
 def run_cell(
     workload: Workload,
     gap: str,
@@ -248,19 +274,7 @@ def run_cell(
         if strategy == "haikucache" and _strategies.count_markers(body) != 0:
             raise AssertionError("haikucache changed the caller's request in place")
     client.close()
-    return CellResult(
-        workload=workload.name,
-        gap=gap,
-        strategy=strategy,
-        usd=emu.bill.total_usd,
-        tokens=emu.bill.tokens(),
-        outputs=[outputs[k] for k in sorted(outputs)],
-        calls=len(outputs),
-        seconds=time.perf_counter() - started,
-        extra_bill_entries=len(emu.bill) - len(outputs),
-        seed=seed,
-        refresh=refresh,
-    )
+    return _result(workload, gap, strategy, emu, outputs, started, seed, refresh)
 
 
 def run_fleet_cell(
@@ -297,19 +311,8 @@ def run_fleet_cell(
             client.close()
         if store is not None:
             store.close()
-    return CellResult(
-        workload=workload.name,
-        gap=gap,
-        strategy=f"haikucache_{planners}_{'shared' if shared else 'alone'}",
-        usd=emu.bill.total_usd,
-        tokens=emu.bill.tokens(),
-        outputs=[outputs[k] for k in sorted(outputs)],
-        calls=len(outputs),
-        seconds=time.perf_counter() - started,
-        extra_bill_entries=len(emu.bill) - len(outputs),
-        seed=seed,
-        refresh=refresh,
-    )
+    strategy = f"haikucache_{planners}_{'shared' if shared else 'alone'}"
+    return _result(workload, gap, strategy, emu, outputs, started, seed, refresh)
 
 
 def prepare_workload(workload: Workload) -> list[list[_strategies.Prepared]]:

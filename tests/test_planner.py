@@ -671,48 +671,41 @@ def test_exact_counts_confirm_prefixes_near_the_minimum_once_each() -> None:
 
 
 def test_a_callers_markers_reach_the_api_unchanged_while_the_planner_learns(
-    clock: ManualClock,
+    client: Client, clock: ManualClock, emulator: Emulator
 ) -> None:
     """Markers the caller placed anywhere (tools 1 h, a document 5 m, a short tail) are sent
     as they are on every call, whatever the planner learns or adds around them."""
-    emulator = Emulator(clock=clock)
     marks = {
         "tools.1": {"type": "ephemeral", "ttl": "1h"},
         "messages.0.content.0": {"type": "ephemeral", "ttl": "5m"},
     }
-    with Client(
-        api_key="sk-test",
-        base_url="http://emulator.test",
-        transport=emulator.transport(),
-        engine=Engine(ledger=False, clock=clock, planner=Planner(clock=clock)),
-    ) as client:
-        for i in range(8):
-            body = request(
-                [
-                    {
-                        "role": "user",
-                        "content": [
-                            {
-                                "type": "text",
-                                "text": _document(i % 2, 3000),
-                                "cache_control": dict(marks["messages.0.content.0"]),
-                            },
-                            {"type": "text", "text": f"Question {i}?"},
-                        ],
-                    }
-                ],
-                tools=[TOOLS[0], {**TOOLS[1], "cache_control": dict(marks["tools.1"])}],
-            )
-            before = copy.deepcopy(body)
-            client.messages.create(**body)
-            assert body == before
-            sent = emulator.log[-1].body
-            for path, mark in marks.items():
-                assert dict(iter_cache_markers(sent))[f"{path}.cache_control"] == mark
-            # 1 h before 5 m: nothing the planner adds after the caller's 5 m marker is 1 h.
-            ttls = list(markers(sent).items())
-            assert ttls == sorted(ttls, key=lambda kv: kv[1] != "1h")
-            clock.advance(200 if i % 3 else 1500)
+    for i in range(8):
+        body = request(
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "text",
+                            "text": _document(i % 2, 3000),
+                            "cache_control": dict(marks["messages.0.content.0"]),
+                        },
+                        {"type": "text", "text": f"Question {i}?"},
+                    ],
+                }
+            ],
+            tools=[TOOLS[0], {**TOOLS[1], "cache_control": dict(marks["tools.1"])}],
+        )
+        before = copy.deepcopy(body)
+        client.messages.create(**body)
+        assert body == before
+        sent = emulator.log[-1].body
+        for path, mark in marks.items():
+            assert dict(iter_cache_markers(sent))[f"{path}.cache_control"] == mark
+        # 1 h before 5 m: nothing the planner adds after the caller's 5 m marker is 1 h.
+        ttls = list(markers(sent).items())
+        assert ttls == sorted(ttls, key=lambda kv: kv[1] != "1h")
+        clock.advance(200 if i % 3 else 1500)
 
 
 def test_stats_can_be_shared_between_planners() -> None:

@@ -755,6 +755,7 @@ class _Candidate:
     live: bool = False  # the prefix is already cached: marking it reads, it writes nothing
     eligible: bool = False  # long enough to be cached at all
     slot: int | None = None  # the position it fills in the application's prompt
+    covered: bool = False  # read through a live entry deeper in the request
 
 
 _PSEUDO = 3.0  # weight of the prior, in observations
@@ -864,14 +865,15 @@ class Planner:
         # remembered: it is not being reused on its own, and its statistics describe only
         # independent arrivals.
         live = self.stats.last_alive(fps, len(blocks), now)
-        covered = {id(c): live is not None and live > blocks.index(c.block) for c in shared}
+        for c in shared:
+            c.covered = live is not None and live > blocks.index(c.block)
         # Price from the tail backwards: a marker whose tokens a later marker writes anyway
         # costs no write premium of its own — at 1 h if any later marker writes 1 h (the API
         # bills everything up to the last 1 h breakpoint at the 1 h rate, and a 5 m marker
         # may not come before it).
         later_write: str | None = None
         for c in sorted(candidates, key=lambda c: c.block.cum, reverse=True):
-            self._price(c, body, min_tokens, now, skipped, later_write, covered.get(id(c), False))
+            self._price(c, body, min_tokens, now, skipped, later_write)
             if c.ttl is not None and not c.live:
                 later_write = "1h" if "1h" in (c.ttl, later_write) else "5m"
         chosen = self._choose(candidates, slots, caller, skipped)
@@ -879,7 +881,7 @@ class Planner:
         # evidence; and only from prefixes long enough to be cached at all — how often a
         # short prefix recurs says nothing about the ones that matter.
         for c in shared:
-            if c.eligible and not covered[id(c)]:
+            if c.eligible and not c.covered:
                 self.stats.sight(c.kind, c.block.fp, now, c.slot)
         if tail is not None and tail.cum >= min_tokens * _MARK_FROM:
             self.stats.add_tail(tail.fp, now, tail_kind)
@@ -998,7 +1000,6 @@ class Planner:
         now: float,
         skipped: list[tuple[str, str]],
         later_write: str | None = None,
-        covered: bool = False,
     ) -> None:
         """Decide a candidate's TTL (or no marker) from what reuse has been observed.
 
@@ -1027,16 +1028,15 @@ class Planner:
         if self.policy == "always":
             c.ttl, c.value, c.reason = "5m", float(c.block.cum), "stable boundary (policy always)"
             return
-        fam_p, fam_gaps, prior_gap = self.stats.family(c.kind)
-
-        def family_within(seconds: float) -> float:
-            exponential = 1 - math.exp(-seconds / max(prior_gap, 1e-9))
-            return _p_within(fam_gaps, seconds, exponential)
-
         seen = 0
         single_use = c.kind in ("tail", "tail_first")
         if single_use:
-            p, within = fam_p, family_within
+            p, fam_gaps, prior_gap = self.stats.family(c.kind)
+
+            def within(seconds: float) -> float:
+                exponential = 1 - math.exp(-seconds / max(prior_gap, 1e-9))
+                return _p_within(fam_gaps, seconds, exponential)
+
         else:
             # The gaps between this prefix's sightings (this arrival's too, unless it only
             # continues a cached conversation).
@@ -1046,7 +1046,7 @@ class Planner:
             if record is not None:
                 seen = record.count
                 gaps = list(record.gaps)
-                if not covered:
+                if not c.covered:
                     gaps.append(max(0.0, now - record.last))
 
             # A prefix with a history of its own comes back at its own rate, uncertain after
