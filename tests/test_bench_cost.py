@@ -605,3 +605,24 @@ def test_the_oracle_with_its_first_write_fixed_is_a_bound_for_each_choice() -> N
     assert all(v >= free - 1e-6 for v in fixed.values())
     assert min(fixed.values()) == pytest.approx(free)
     assert len({round(v, 3) for v in fixed.values()}) == 3  # the choice matters here
+
+
+def test_a_workload_is_decided_by_its_first_write_only_when_every_choice_loses_a_regime() -> None:
+    import bound_first_write
+
+    peer = {"30s": 1.0, "3m": 1.0}
+    # 1 h loses at 30 s, 5 m at 3 m, plain at both: every choice leaves a regime above.
+    decided = {
+        0: {
+            ("30s", "1h"): 1.02, ("3m", "1h"): 0.99,
+            ("30s", "5m"): 0.98, ("3m", "5m"): 1.03,
+            ("30s", "plain"): 1.01, ("3m", "plain"): 1.01,
+        }
+    }  # fmt: skip
+    assert bound_first_write.forced_excess(decided, peer, [0], ["30s", "3m"]) == pytest.approx(0.01)
+    # A first write of 1 h that stays within the peer everywhere: not decided.
+    open_ = {0: {**decided[0], ("30s", "1h"): 0.995}}
+    assert bound_first_write.forced_excess(open_, peer, [0], ["30s", "3m"]) < 0
+    # Two seeds may choose differently; the regimes' bounds are averaged over seeds.
+    two = {0: decided[0], 1: {k: v - 0.02 for k, v in decided[0].items()}}
+    assert bound_first_write.forced_excess(two, peer, [0, 1], ["30s", "3m"]) == pytest.approx(0.0)

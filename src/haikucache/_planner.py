@@ -540,6 +540,8 @@ class PrefixStats:
         new document in a slot where documents come back within the hour is written with a
         1 h TTL from its first sighting; one in a slot of one-off documents is not written
         at all. A slot with little history leans on its kind, and a kind on its prior.
+        With ``first``, the share among first sightings only (what a prefix new to the slot
+        can expect), leaning on the share among all sightings.
         """
         with self._lock:
             family = self._families[kind]
@@ -857,15 +859,14 @@ class Planner:
         continuing = extended is not None or any(b.role == "assistant" for b in blocks)
         tail_kind = "tail" if continuing else "tail_first"
         candidates = self._candidates(blocks, auto, extended, tail_kind, now, skipped)
-        shared = [c for c in candidates if c.kind in ("tools", "system", "context")]
-        for c in shared:
-            c.slot = _slot(blocks, c)
         # A shared prefix before a live entry is read through it (a conversation continued
         # while its prefix is cached), whether or not the conversation's last tail is still
         # remembered: it is not being reused on its own, and its statistics describe only
         # independent arrivals.
         live = self.stats.last_alive(fps, len(blocks), now)
+        shared = [c for c in candidates if c.kind in ("tools", "system", "context")]
         for c in shared:
+            c.slot = _slot(blocks, c)
             c.covered = live is not None and live > blocks.index(c.block)
         # Price from the tail backwards: a marker whose tokens a later marker writes anyway
         # costs no write premium of its own — at 1 h if any later marker writes 1 h (the API
